@@ -43,9 +43,13 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+                raise InputError(
+                    f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})"
+                ) from None
             if not isinstance(obj, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise InputError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
             yield lineno, obj
 
 

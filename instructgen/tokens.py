@@ -21,8 +21,10 @@ class TokenCounter:
     def __init__(self, model: str = "gpt-4o") -> None:
         self.model = model
         self._encode, self.method = _load_encoder(model)
+        # System prompts and few-shot seeds repeat in every request: count each once.
+        self.count = lru_cache(maxsize=1024)(self._count)
 
-    def count(self, text: str) -> int:
+    def _count(self, text: str) -> int:
         """Tokens in `text`."""
         if self._encode is None:
             return int(len(text) / CHARS_PER_TOKEN + 0.5)
@@ -32,11 +34,16 @@ class TokenCounter:
         """Prompt tokens of a chat request: content plus a fixed overhead per message."""
         total = 3  # every reply is primed with <|start|>assistant<|message|>
         for m in messages:
-            content = m.get("content") or ""
-            if isinstance(content, list):  # multimodal parts: count the text parts
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-            total += MESSAGE_OVERHEAD + self.count(content)
+            total += MESSAGE_OVERHEAD + self.count(message_text(m))
         return total
+
+
+def message_text(message: dict) -> str:
+    """The text of a chat message; of multimodal content, the text parts joined."""
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
 
 
 @lru_cache(maxsize=8)

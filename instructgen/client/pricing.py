@@ -56,6 +56,8 @@ def cost_usd(
         return None
     uncached = max(prompt_tokens - cached_tokens, 0)
     dollars = (
-        uncached * price.input + cached_tokens * price.cached_input + completion_tokens * price.output
+        uncached * price.input
+        + cached_tokens * price.cached_input
+        + completion_tokens * price.output
     ) / 1e6
     return dollars * (BATCH_DISCOUNT if batch else 1.0)

@@ -1,0 +1,185 @@
+"""COCO annotations -> ImageContext lines (contexts.jsonl): captions plus normalized boxes.
+
+The box rule, applied to every instance annotation:
+- crowd annotations (`iscrowd` = 1) are dropped: they outline a group, not one object, and
+  would make object counts wrong;
+- boxes reaching outside the image are clipped to it (counted as `clipped`);
+- boxes with no area left (zero width or height, before or after clipping) are dropped;
+- boxes are listed largest first, so the most salient objects lead the context.
+Images without captions get no context; they are counted and their first ids are reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instructgen.contracts import Box, ImageContext
+from instructgen.errors import InputError
+from instructgen.files import atomic_writer, read_json, require_file
+
+BOX_DECIMALS = 3
+
+
+@dataclass
+class CocoSummary:
+    """What `coco` read and wrote, for the printed summary."""
+
+    images: int = 0
+    contexts: int = 0
+    captions: int = 0
+    boxes: int = 0
+    crowd_dropped: int = 0
+    zero_area_dropped: int = 0
+    clipped: int = 0
+    no_captions: list[int] = field(default_factory=list)
+
+
+def normalize_box(
+    bbox_xywh: list[float], width: int, height: int
+) -> tuple[tuple[float, float, float, float] | None, bool]:
+    """COCO `[x, y, w, h]` in pixels -> (`[x1, y1, x2, y2]` in 0..1 or None if empty, clipped?)."""
+    x, y, w, h = (float(v) for v in bbox_xywh)
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+    cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+    clipped = (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2)
+    if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
+        return None, clipped
+    norm = (
+        round(cx1 / width, BOX_DECIMALS),
+        round(cy1 / height, BOX_DECIMALS),
+        round(cx2 / width, BOX_DECIMALS),
+        round(cy2 / height, BOX_DECIMALS),
+    )
+    return norm, clipped
+
+
+def _load_coco(path: Path, need: tuple[str, ...]):
+    """Load an annotation file with pycocotools, after our own checks give clear errors."""
+    from pycocotools.coco import COCO
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a COCO annotation file (top level is not an object)")
+    for key in need:
+        if key not in data:
+            raise InputError(f"{path}: not a COCO annotation file: no '{key}' list")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def read_image_ids(path: Path) -> list[int]:
+    """Image ids, one per line (blank lines and `#` comments ignored)."""
+    require_file(path)
+    ids = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            ids.append(int(text))
+        except ValueError:
+            raise InputError(f"{path}:{lineno}: not an image id: {text!r}") from None
+    return ids
+
+
+def iter_contexts(
+    captions_path: Path,
+    instances_path: Path | None = None,
+    limit: int | None = None,
+    image_ids: list[int] | None = None,
+    summary: CocoSummary | None = None,
+) -> Iterator[ImageContext]:
+    """Yield one ImageContext per selected image that has captions, in image-id order."""
+    summary = summary if summary is not None else CocoSummary()
+    caps = _load_coco(Path(captions_path), ("images", "annotations"))
+    for ann in caps.dataset["annotations"]:
+        if not isinstance(ann.get("caption"), str):
+            raise InputError(
+                f"{captions_path}: annotation {ann.get('id')} has no caption text "
+                "(is this an instances file? pass it as --instances)"
+            )
+        if ann.get("image_id") not in caps.imgs:
+            raise InputError(
+                f"{captions_path}: caption {ann.get('id')} refers to unknown image id "
+                f"{ann.get('image_id')}"
+            )
+    boxes_by_image: dict[int, list] = defaultdict(list)
+    categories: dict[int, str] = {}
+    if instances_path is not None:
+        inst = _load_coco(Path(instances_path), ("images", "annotations", "categories"))
+        categories = {c["id"]: c["name"] for c in inst.dataset["categories"]}
+        for ann in inst.dataset["annotations"]:
+            if ann.get("category_id") not in categories:
+                raise InputError(
+                    f"{instances_path}: annotation {ann.get('id')} has unknown category id "
+                    f"{ann.get('category_id')}"
+                )
+            boxes_by_image[ann["image_id"]].append(ann)
+
+    if image_ids is None:
+        selected = sorted(caps.imgs)
+    else:
+        unknown = [i for i in image_ids if i not in caps.imgs]
+        if unknown:
+            raise InputError(
+                f"{captions_path}: image ids not in this file: {', '.join(map(str, unknown[:5]))}"
+                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            )
+        selected = list(dict.fromkeys(image_ids))
+    if limit is not None:
+        selected = selected[:limit]
+
+    for image_id in selected:
+        img = caps.imgs[image_id]
+        summary.images += 1
+        captions = tuple(" ".join(a["caption"].split()) for a in caps.imgToAnns.get(image_id, []))
+        captions = tuple(c for c in captions if c)
+        if not captions:
+            summary.no_captions.append(image_id)
+            continue
+        width, height = int(img["width"]), int(img["height"])
+        boxes = []
+        for ann in boxes_by_image.get(image_id, []):
+            if ann.get("iscrowd", 0):
+                summary.crowd_dropped += 1
+                continue
+            norm, clipped = normalize_box(ann["bbox"], width, height)
+            if norm is None:
+                summary.zero_area_dropped += 1
+                continue
+            summary.clipped += clipped
+            boxes.append(Box(categories[ann["category_id"]], norm))
+        boxes.sort(key=lambda b: (b.bbox[2] - b.bbox[0]) * (b.bbox[3] - b.bbox[1]), reverse=True)
+        summary.contexts += 1
+        summary.captions += len(captions)
+        summary.boxes += len(boxes)
+        yield ImageContext(image_id, img["file_name"], width, height, captions, tuple(boxes))
+
+
+def write_contexts(
+    captions_path: Path,
+    output: Path,
+    instances_path: Path | None = None,
+    limit: int | None = None,
+    image_ids_path: Path | None = None,
+) -> CocoSummary:
+    """Write contexts.jsonl atomically, streaming one line per image; return the counts."""
+    import json
+
+    summary = CocoSummary()
+    image_ids = read_image_ids(image_ids_path) if image_ids_path else None
+    contexts = iter_contexts(captions_path, instances_path, limit, image_ids, summary)
+    with atomic_writer(output) as f:
+        for ctx in contexts:
+            f.write(json.dumps(ctx.to_json(), ensure_ascii=False))
+            f.write("\n")
+    return summary
