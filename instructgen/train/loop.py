@@ -1,0 +1,363 @@
+"""The training loop for both stages, on accelerate (one process, DDP or DeepSpeed alike).
+
+Stage 1 trains the projector on pretrain.json with the `plain` template; stage 2 starts from
+the stage-1 projector and trains projector and LLM on llava_instruct.json with `v1`. The
+vision tower is frozen in both. Run it plainly, or under `accelerate launch --config_file
+configs/zero3.yaml` for many GPUs: accelerate does all the distributed work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from instructgen.errors import InputError
+from instructgen.files import read_json, write_json
+from instructgen.train.data import TEMPLATES, LlavaDataset, collate, read_records
+from instructgen.train.export import (
+    TrainedWith,
+    export_model,
+    load_projector,
+    read_trained_with,
+    save_projector,
+)
+from instructgen.train.model import (
+    Towers,
+    add_lora,
+    build_model,
+    load_image_processor,
+    load_tokenizer,
+    merge_lora,
+    set_trainable,
+    tokens_per_image,
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Per-stage defaults of the paper's recipe."""
+
+    lr: float
+    global_batch: int  # sequences per optimizer step, summed over devices and accumulation
+    epochs: int
+    template: str
+
+
+# Liu et al., "Visual Instruction Tuning" (NeurIPS 2023), Sec. 5: stage 1 on CC-595K for
+# 1 epoch, lr 2e-3, batch 128; stage 2 on LLaVA-Instruct-158K for 3 epochs, lr 2e-5, batch 32.
+RECIPES = {
+    1: Recipe(lr=2e-3, global_batch=128, epochs=1, template="plain"),
+    2: Recipe(lr=2e-5, global_batch=32, epochs=3, template="v1"),
+}
+# From the authors' released training scripts: warmup 3% of steps, cosine decay, no weight
+# decay, sequences of at most 2048 tokens; clipping at 1.0 is the transformers Trainer default.
+WARMUP_RATIO = 0.03
+MAX_LENGTH = 2048
+MAX_GRAD_NORM = 1.0
+LOG_FILE = "train_log.jsonl"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one stage needs; None means "the stage's recipe default" where noted."""
+
+    stage: int
+    data: Path
+    images: Path
+    output: Path
+    vision: str | None = None  # None in stage 2: the one stage 1 recorded
+    llm: str | None = None
+    projector_from: Path | None = None  # stage-1 output folder (stage 2)
+    projector: str = "linear"
+    feature_layer: int = -2
+    template: str | None = None
+    pad_to_square: bool = False
+    max_length: int = MAX_LENGTH
+    epochs: float | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    global_batch: int | None = None
+    micro_batch: int = 4  # sequences per device per forward pass
+    warmup_ratio: float = WARMUP_RATIO
+    gradient_checkpointing: bool = True
+    precision: str = "auto"  # auto, bf16 or fp32
+    freeze_llm: bool = False
+    lora_rank: int = 0
+    save_every: int = 500  # optimizer steps between resumable checkpoints; 0: none
+    resume: bool = False
+    log_every: int = 10
+    seed: int = 0
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The summary of a finished stage."""
+
+    output: Path
+    steps: int
+    final_loss: float
+    tokens_per_s: float  # non-padding tokens (image tokens included) per second, all devices
+    trainable_params: int
+    seconds: float
+
+
+def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
+    """Run one stage: build the model, train it, checkpoint it, export it into `cfg.output`."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    recipe = RECIPES.get(cfg.stage)
+    if recipe is None:
+        raise InputError(f"--stage must be 1 or 2, got {cfg.stage}")
+    meta = _trained_with(cfg, recipe)
+    lr = cfg.lr if cfg.lr is not None else recipe.lr
+    global_batch = cfg.global_batch or recipe.global_batch
+    epochs = cfg.epochs if cfg.epochs is not None else recipe.epochs
+    processes = PartialState().num_processes
+    accum, rest = divmod(global_batch, cfg.micro_batch * processes)
+    if accum < 1 or rest:
+        raise InputError(
+            f"--batch-size {global_batch} is not a multiple of --micro-batch-size "
+            f"{cfg.micro_batch} x {processes} device(s); change one of them"
+        )
+    precision = _precision(cfg.precision)
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    if cfg.lora_rank and _zero_stage(accelerator) == 3:
+        raise InputError("LoRA cannot be merged under DeepSpeed ZeRO-3; use configs/zero2.yaml")
+    set_seed(cfg.seed)
+    say = echo if accelerator.is_main_process else (lambda _: None)
+
+    records = read_records(cfg.data, cfg.images)
+    tokenizer = load_tokenizer(meta.llm)
+    processor = load_image_processor(meta.vision)
+    train_llm = cfg.stage == 2 and not cfg.freeze_llm and not cfg.lora_rank
+    # Frozen towers can sit in bf16; weights the optimizer updates stay in fp32.
+    load_dtype = torch.bfloat16 if precision == "bf16" and not train_llm else torch.float32
+    towers = Towers(meta.vision, meta.llm, meta.projector, meta.feature_layer)
+    model = build_model(towers, tokenizer, load_dtype)
+    model.model.multi_modal_projector.float()
+    if cfg.stage == 2:
+        load_projector(model, cfg.projector_from)
+    set_trainable(model, train_llm=train_llm)
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+
+    dataset = LlavaDataset(
+        records,
+        cfg.images,
+        tokenizer,
+        processor,
+        template=meta.template,
+        image_token_id=model.config.image_token_index,
+        tokens_per_image=tokens_per_image(model.config.vision_config),
+        max_length=cfg.max_length,
+        pad_to_square=cfg.pad_to_square,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.micro_batch,
+        shuffle=True,
+        collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,  # don't restart workers every epoch
+    )
+    batches_per_epoch = math.ceil(len(dataset) / (cfg.micro_batch * processes))
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * epochs))
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps
+    )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    step, epoch, skip = 0, 0, 0
+    checkpoint = _latest_checkpoint(out) if cfg.resume else None
+    if checkpoint:
+        accelerator.load_state(str(checkpoint))
+        state = read_json(checkpoint / STATE_FILE)
+        step, epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        say(f"resumed from {checkpoint} at step {step}")
+    elif cfg.resume:
+        say(f"no checkpoint in {out}: starting from step 0")
+    say(
+        f"stage {cfg.stage}: {len(dataset)} records, {total_steps} steps of {global_batch} "
+        f"sequences ({cfg.micro_batch} x {processes} device(s) x {accum} accumulation), "
+        f"lr {lr:g}, {n_trainable:,} trainable parameters, precision {precision}"
+    )
+
+    started = window_start = time.perf_counter()
+    window_tokens = torch.zeros((), device=accelerator.device)
+    step_loss, step_batches, last = 0.0, 0, {"loss": float("nan"), "tokens_per_s": 0.0}
+    model.train()
+    while step < total_steps:
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for seen, batch in enumerate(batches, start=skip + 1):
+            with accelerator.accumulate(model):
+                output = model(**batch)
+                # A batch whose answers were all cut off has no labelled token: it adds nothing.
+                has_labels = bool((batch["labels"] != -100).any())
+                loss = output.loss if has_labels else output.logits.sum() * 0.0
+                accelerator.backward(loss)
+                step_loss += loss.detach().float().item()
+                step_batches += 1
+                window_tokens += batch["attention_mask"].sum()
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            mean_loss = accelerator.reduce(
+                torch.tensor(step_loss / step_batches, device=accelerator.device), "mean"
+            ).item()
+            step_loss, step_batches = 0.0, 0
+            if step % cfg.log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                tokens = accelerator.reduce(window_tokens, "sum").item()
+                last = {
+                    "step": step,
+                    "epoch": round(epoch + seen / batches_per_epoch, 4),
+                    "loss": round(mean_loss, 5),
+                    "lr": scheduler.get_last_lr()[0],
+                    # DeepSpeed clips inside its engine and may report no norm.
+                    "grad_norm": round(float(grad_norm), 5) if grad_norm is not None else None,
+                    "tokens_per_s": round(tokens / (now - window_start), 1),
+                }
+                window_start, window_tokens = now, torch.zeros_like(window_tokens)
+                say(
+                    f"step {step}/{total_steps}  epoch {last['epoch']:.2f}  loss {mean_loss:.4f}"
+                    f"  lr {last['lr']:.2e}  grad_norm {last['grad_norm']}"
+                    f"  {last['tokens_per_s']:,.0f} tok/s"
+                )
+                if accelerator.is_main_process:
+                    _append_log(out / LOG_FILE, last)
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                _save_checkpoint(accelerator, out, step, epoch, seen)
+            if step >= total_steps:
+                break
+        else:
+            epoch, skip = epoch + 1, 0
+            continue
+        break
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    if cfg.lora_rank:
+        merge_lora(unwrapped)
+        state_dict = None
+    else:
+        state_dict = accelerator.get_state_dict(model)  # gathers shards under ZeRO-3
+    if accelerator.is_main_process:
+        if cfg.stage == 1:
+            save_projector(unwrapped, out, meta, state_dict)
+        else:
+            export_model(unwrapped, tokenizer, processor, out, meta, state_dict)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(
+        output=out,
+        steps=step,
+        final_loss=last["loss"],
+        tokens_per_s=last["tokens_per_s"],
+        trainable_params=n_trainable,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
+    """Resolve towers and template: stage 2 inherits what stage 1 recorded unless overridden."""
+    template = cfg.template or recipe.template
+    if template not in TEMPLATES:
+        raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    if cfg.stage == 2:
+        if cfg.projector_from is None:
+            raise InputError("stage 2 starts from the stage-1 projector: pass --projector DIR")
+        before = read_trained_with(cfg.projector_from)
+        return TrainedWith(
+            stage=2,
+            vision=cfg.vision or before.vision,
+            llm=cfg.llm or before.llm,
+            projector=before.projector,
+            feature_layer=before.feature_layer,
+            template=template,
+            pad_to_square=cfg.pad_to_square,
+        )
+    if not cfg.vision or not cfg.llm:
+        raise InputError(
+            "stage 1 needs --vision MODEL and --llm MODEL (hub names or local folders)"
+        )
+    return TrainedWith(
+        1, cfg.vision, cfg.llm, cfg.projector, cfg.feature_layer, template, cfg.pad_to_square
+    )
+
+
+def _precision(choice: str) -> str:
+    """accelerate's mixed-precision name for `auto`, `bf16` or `fp32`."""
+    if choice == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16" if bf16 else "no"
+    if choice in ("bf16", "fp32"):
+        return "bf16" if choice == "bf16" else "no"
+    raise InputError(f"--precision must be auto, bf16 or fp32, got {choice!r}")
+
+
+def _zero_stage(accelerator) -> int | None:
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin.zero_stage if plugin else None
+
+
+def _append_log(path: Path, row: dict) -> None:
+    """Add one metrics line to the JSONL log (append-only: a crash keeps the earlier lines)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _save_checkpoint(accelerator, out: Path, step: int, epoch: int, batches_in_epoch: int) -> None:
+    """Save model, optimizer, scheduler and RNG state; keep only the newest checkpoint."""
+    directory = out / f"checkpoint-{step}"
+    accelerator.save_state(str(directory))
+    if accelerator.is_main_process:
+        # The state file is written last: a checkpoint without it is incomplete and ignored.
+        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
+        write_json(directory / STATE_FILE, state)
+        for old in out.glob("checkpoint-*"):
+            if old != directory:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()

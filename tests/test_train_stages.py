@@ -1,0 +1,244 @@
+"""Trainer stages on tiny random towers: what trains, what is saved, what loads back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from safetensors.torch import load_file  # noqa: E402
+from train_tiny import build_towers  # noqa: E402
+from transformers import (  # noqa: E402
+    CLIPVisionModel,
+    LlamaForCausalLM,
+    LlavaForConditionalGeneration,
+)
+from typer.testing import CliRunner  # noqa: E402
+
+from instructgen.cli import app  # noqa: E402
+from instructgen.errors import InputError  # noqa: E402
+from instructgen.train.data import IGNORE, LlavaDataset, collate, read_records  # noqa: E402
+from instructgen.train.export import TrainedWith, export_model  # noqa: E402
+from instructgen.train.loop import TrainConfig, train  # noqa: E402
+from instructgen.train.model import (  # noqa: E402
+    Towers,
+    build_model,
+    load_image_processor,
+    load_tokenizer,
+    set_trainable,
+    tokens_per_image,
+)
+
+pytestmark = pytest.mark.train
+FAST = ["--no-gradient-checkpointing", "--workers", "0", "--log-every", "1", "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory, test_data):
+    root = tmp_path_factory.mktemp("towers")
+    return build_towers(
+        root, [test_data / "train_pretrain.json", test_data / "train_instruct.json"]
+    )
+
+
+@pytest.fixture(scope="module")
+def stage1(towers, test_data, tmp_path_factory):
+    """Stage 1 run through the CLI, as a user would: 4 steps of 8 captions."""
+    out = tmp_path_factory.mktemp("run") / "stage1"
+    vision, llm = towers
+    args = ["train", "--stage", "1", "--data", str(test_data / "train_pretrain.json")]
+    args += ["--images", str(test_data / "train_images"), "--vision", str(vision)]
+    args += ["--llm", str(llm), "-o", str(out), "--max-steps", "4", "--batch-size", "8"]
+    result = CliRunner().invoke(app, [*args, "--micro-batch-size", "4", *FAST])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage2(stage1, test_data):
+    """Stage 2 from the stage-1 projector, with gradient checkpointing on (the default)."""
+    out = stage1.parent / "stage2"
+    args = ["train", "--stage", "2", "--data", str(test_data / "train_instruct.json")]
+    args += ["--images", str(test_data / "train_images"), "--projector", str(stage1)]
+    args += ["-o", str(out), "--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "2"]
+    args += ["--workers", "0", "--log-every", "1", "--precision", "fp32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def assembled(towers, test_data, projector="linear"):
+    """A fresh model and one batch of two instruction records."""
+    torch.manual_seed(0)
+    vision, llm = map(str, towers)
+    tokenizer = load_tokenizer(llm)
+    processor = load_image_processor(vision)
+    model = build_model(Towers(vision, llm, projector), tokenizer)
+    records = read_records(test_data / "train_instruct.json", test_data / "train_images")
+    dataset = LlavaDataset(
+        records[:2],
+        test_data / "train_images",
+        tokenizer,
+        processor,
+        template="v1",
+        image_token_id=model.config.image_token_index,
+        tokens_per_image=tokens_per_image(model.config.vision_config),
+        max_length=2048,
+        pad_to_square=False,
+    )
+    batch = collate([dataset[0], dataset[1]], pad_token_id=tokenizer.pad_token_id)
+    return model, tokenizer, processor, batch
+
+
+def changed_after_steps(model, batch, steps=2, lr=1e-2) -> set[str]:
+    """Names of the tensors that differ after `steps` optimizer steps on `batch`."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = model.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_stage1_writes_the_projector_its_settings_and_a_metrics_log(stage1):
+    weights = load_file(stage1 / "projector.safetensors")
+    assert set(weights) == {"linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"}
+    settings = json.loads((stage1 / "instructgen_train.json").read_text())
+    assert (settings["stage"], settings["template"], settings["projector"]) == (
+        1,
+        "plain",
+        "linear",
+    )
+    log = [json.loads(line) for line in (stage1 / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4]
+    assert all(row["tokens_per_s"] > 0 and row["loss"] > 0 for row in log)
+
+
+def test_stage1_trains_only_the_projector(towers, test_data):
+    model, _, _, batch = assembled(towers, test_data)
+    set_trainable(model, train_llm=False)
+    changed = changed_after_steps(model, batch)
+    assert changed == {
+        "model.multi_modal_projector.linear_1.weight",
+        "model.multi_modal_projector.linear_1.bias",
+    }
+
+
+def test_stage2_trains_projector_and_llm_but_not_the_vision_tower(towers, test_data):
+    model, _, _, batch = assembled(towers, test_data, projector="mlp2x_gelu")
+    set_trainable(model, train_llm=True)
+    changed = changed_after_steps(model, batch)
+    assert not any(k.startswith("model.vision_tower.") for k in changed)
+    assert "model.multi_modal_projector.linear_2.weight" in changed
+    assert "model.language_model.layers.0.self_attn.q_proj.weight" in changed
+    assert "lm_head.weight" in changed
+
+
+def test_loss_goes_down_on_a_repeated_batch(towers, test_data):
+    model, _, _, batch = assembled(towers, test_data)
+    set_trainable(model, train_llm=True)
+    first = model(**batch).loss.item()
+    changed_after_steps(model, batch, steps=20, lr=1e-2)
+    assert model(**batch).loss.item() < 0.5 * first
+
+
+def test_loss_is_the_mean_over_assistant_tokens_only(towers, test_data):
+    model, _, _, batch = assembled(towers, test_data)
+    with torch.no_grad():
+        out = model(**batch)
+    logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]  # token t predicts t + 1
+    keep = labels != IGNORE
+    expected = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert torch.allclose(out.loss, expected, atol=1e-5)
+    assert keep.sum() < batch["attention_mask"].sum() / 2  # image and prompt tokens are masked
+
+
+def test_export_loads_back_with_transformers_and_gives_the_same_logits(towers, test_data, tmp_path):
+    model, tokenizer, processor, batch = assembled(towers, test_data, projector="mlp2x_gelu")
+    set_trainable(model, train_llm=True)
+    changed_after_steps(model, batch, steps=1)
+    meta = TrainedWith(2, "v", "l", "mlp2x_gelu", -2, "v1", False)
+    export_model(model, tokenizer, processor, tmp_path, meta)
+    loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**batch).logits, loaded.eval()(**batch).logits)
+
+
+def test_stage2_export_changed_projector_and_llm_and_kept_the_vision_tower(stage1, stage2, towers):
+    vision, llm = towers
+    loaded = LlavaForConditionalGeneration.from_pretrained(stage2)
+    source_vision = CLIPVisionModel.from_pretrained(vision).state_dict()
+    for name, tensor in loaded.model.vision_tower.state_dict().items():
+        assert torch.equal(tensor, source_vision[name]), name
+    source_llm = LlamaForCausalLM.from_pretrained(llm).model.layers[0].mlp.up_proj.weight
+    assert not torch.equal(loaded.model.language_model.layers[0].mlp.up_proj.weight, source_llm)
+    before = load_file(stage1 / "projector.safetensors")["linear_1.weight"]
+    assert not torch.equal(loaded.model.multi_modal_projector.linear_1.weight, before)
+    # the paper's linear projector: the second layer is still the identity
+    eye = torch.eye(loaded.config.text_config.hidden_size)
+    assert torch.equal(loaded.model.multi_modal_projector.linear_2.weight, eye)
+
+
+def test_chat_answers_a_question_about_an_image(stage2, test_data):
+    image = test_data / "train_images" / "000000183872.jpg"
+    args = ["chat", "--model", str(stage2), "--image", str(image), "--max-new-tokens", "5"]
+    result = CliRunner().invoke(app, [*args, "What does the picture show?"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
+
+
+def test_lora_stage2_exports_a_plain_merged_checkpoint(stage1, towers, test_data):
+    out = stage1.parent / "lora"
+    args = ["train", "--stage", "2", "--data", str(test_data / "train_instruct.json")]
+    args += ["--images", str(test_data / "train_images"), "--projector", str(stage1)]
+    args += ["-o", str(out), "--max-steps", "2", "--batch-size", "2", "--micro-batch-size", "2"]
+    result = CliRunner().invoke(app, [*args, "--lora-rank", "4", "--lr", "1e-2", *FAST])
+    assert result.exit_code == 0, result.output
+    loaded = LlavaForConditionalGeneration.from_pretrained(out)
+    source = LlamaForCausalLM.from_pretrained(towers[1]).model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(loaded.model.language_model.layers[0].self_attn.q_proj.weight, source)
+    assert not any("lora" in name for name in loaded.state_dict())
+
+
+def test_stage2_without_a_projector_is_a_clear_error(test_data, tmp_path):
+    args = ["train", "--stage", "2", "--data", str(test_data / "train_instruct.json")]
+    result = CliRunner().invoke(app, [*args, "--images", str(test_data), "-o", str(tmp_path)])
+    assert isinstance(result.exception, InputError)
+    assert "pass --projector DIR" in str(result.exception)
+
+
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(towers, test_data, tmp_path):
+    vision, llm = map(str, towers)
+
+    def config(out):
+        return TrainConfig(
+            stage=1,
+            data=test_data / "train_pretrain.json",
+            images=test_data / "train_images",
+            output=out,
+            vision=vision,
+            llm=llm,
+            max_steps=3,
+            global_batch=8,
+            micro_batch=4,
+            gradient_checkpointing=False,
+            precision="fp32",
+            save_every=1,
+            resume=True,
+            workers=0,
+        )
+
+    whole = train(config(tmp_path / "whole"), echo=lambda _: None)
+    # A crash after step 2: only the step-2 checkpoint survives in the output folder.
+    shutil.copytree(tmp_path / "whole" / "checkpoint-2", tmp_path / "crashed" / "checkpoint-2")
+    resumed = train(config(tmp_path / "crashed"), echo=lambda _: None)
+    assert whole.steps == resumed.steps == 3
+    a = load_file(tmp_path / "whole" / "projector.safetensors")
+    b = load_file(tmp_path / "crashed" / "projector.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
