@@ -12,6 +12,9 @@ from typing import IO, Any
 
 from instructgen.errors import InputError
 
+_UMASK = os.umask(0o022)  # read the process umask once (reading it means setting it)
+os.umask(_UMASK)
+
 
 def require_file(path: Path) -> Path:
     """Return `path` if it is a readable file, else raise InputError naming it."""
@@ -63,7 +66,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual mode
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs the usual mode
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
@@ -91,9 +94,3 @@ def write_jsonl(path: Path, rows) -> int:
             f.write("\n")
             n += 1
     return n
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
