@@ -1,0 +1,471 @@
+"""responses.jsonl + requests.jsonl + contexts.jsonl -> LLaVA training JSON, quarantine, stats.
+
+Streaming: responses are read line by line and each record is written as soon as it is
+parsed; only a small index (custom_id, offset, length) stays in memory to shuffle the merged
+file. Every request ends up either as a record or as a quarantine line, and every response
+line that matches no request (or repeats one) is quarantined too, so that
+
+    records + quarantined = requests + unknown_responses + duplicate_responses
+
+holds exactly; `build` checks it before any output is moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import random
+import zlib
+from array import array
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instructgen.contracts import IMAGE_TOKEN, TASKS, split_custom_id
+from instructgen.errors import InputError, InstructgenError
+from instructgen.files import atomic_writer, iter_jsonl, require_file, write_json
+from instructgen.parse import (
+    REASONS,
+    Rejection,
+    Turn,
+    answer_flags,
+    parse_response,
+    present_categories,
+    system_fragments,
+    word_count,
+)
+
+DEFAULT_INSTRUCTIONS = Path(__file__).parents[1] / "prompts" / "instructions"
+MERGED_NAME = "llava_instruct.json"
+INVARIANT = "records + quarantined = requests + unknown_responses + duplicate_responses"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What build keeps of one request: its task, image and system prompt (an index)."""
+
+    task: str
+    image_id: int
+    system: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What build keeps of one image context: its file name and the categories it shows."""
+
+    file_name: str
+    present: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """The assistant text of one response line, or why there is none usable."""
+
+    text: str
+    rejection: Rejection | None = None
+
+
+@dataclass
+class Requests:
+    """The requests file, reduced: custom_id -> RequestInfo, and echo fragments per prompt."""
+
+    by_id: dict[str, RequestInfo]
+    fragments: list[tuple[str, ...]]
+
+
+def _message_text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: keep the text ones
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def load_requests(path: Path) -> Requests:
+    """Read a Batch API request file; a bad or repeated custom_id raises InputError."""
+    by_id: dict[str, RequestInfo] = {}
+    systems: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        cid = obj.get("custom_id")
+        parsed = split_custom_id(cid) if isinstance(cid, str) else None
+        if parsed is None:
+            raise InputError(
+                f"{path}:{lineno}: custom_id {cid!r} is not coco-<image_id>-<task> "
+                f"with a task among {', '.join(TASKS)}"
+            )
+        if cid in by_id:
+            raise InputError(f"{path}:{lineno}: custom_id {cid} appears twice; ids must be unique")
+        messages = (obj.get("body") or {}).get("messages")
+        if not isinstance(messages, list):
+            raise InputError(f"{path}:{lineno}: {cid}: not a Batch API request (no body.messages)")
+        system = next((_message_text(m) for m in messages if m.get("role") == "system"), "")
+        by_id[cid] = RequestInfo(parsed[1], parsed[0], systems.setdefault(system, len(systems)))
+    return Requests(by_id, [system_fragments(s) for s in systems])
+
+
+def load_contexts(path: Path) -> dict[int, ImageInfo]:
+    """image_id -> ImageInfo from contexts.jsonl (only the fields build needs are read)."""
+    images = {}
+    for lineno, obj in iter_jsonl(path):
+        try:
+            image_id, file_name = int(obj["image_id"]), str(obj["file_name"])
+            captions = tuple(str(c) for c in obj["captions"])
+            boxes = {str(b["category"]) for b in obj.get("boxes") or ()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(
+                f"{path}:{lineno}: not an image context ({type(e).__name__}: {e})"
+            ) from None
+        images[image_id] = ImageInfo(file_name, present_categories(captions, boxes))
+    return images
+
+
+def load_instructions(directory: Path) -> tuple[str, ...]:
+    """The detail question phrasings: non-blank lines of `directory`/detail.txt."""
+    path = require_file(Path(directory) / "detail.txt")
+    lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    phrasings = tuple(line for line in lines if line)
+    if not phrasings:
+        raise InputError(f"{path}: no question phrasings (write one per line)")
+    return phrasings
+
+
+def extract_text(line: dict) -> Extracted:
+    """The assistant message of one Batch API output line, or the envelope's rejection."""
+    error, response = line.get("error"), line.get("response")
+    if error or not isinstance(response, dict):
+        message = _error_message(error) or "the response line has neither response nor error"
+        return Extracted(message, Rejection("failed_request", f"request failed: {message}"))
+    body = response.get("body") if isinstance(response.get("body"), dict) else {}
+    status = response.get("status_code", 200)
+    if status != 200:
+        message = _error_message(body.get("error")) or json.dumps(body)[:500]
+        return Extracted(message, Rejection("failed_request", f"HTTP {status}: {message}"))
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return Extracted("", Rejection("failed_request", "the response body has no choices"))
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content = message.get("content")
+    text = content if isinstance(content, str) else ""
+    finish = choice.get("finish_reason")
+    if message.get("refusal"):
+        return Extracted(str(message["refusal"]), Rejection("refusal", "the model refused"))
+    if finish == "length":
+        return Extracted(text, Rejection("finish_length", "cut off at max_tokens"))
+    if finish == "content_filter":
+        return Extracted(text, Rejection("content_filter", "stopped by the content filter"))
+    return Extracted(text)
+
+
+def _error_message(error: object) -> str:
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+        return ": ".join(str(x) for x in (code, message) if x)
+    return str(error) if error else ""
+
+
+def draw(seed: int, custom_id: str) -> int:
+    """A stable pseudo-random 32-bit number for one record (same seed and id, same number)."""
+    return zlib.crc32(f"{seed}:{custom_id}".encode())
+
+
+def make_record(
+    cid: str,
+    info: RequestInfo,
+    image: ImageInfo,
+    turns: tuple[Turn, ...],
+    flags: list[str],
+    instructions: tuple[str, ...],
+    seed: int,
+) -> dict:
+    """One LLaVA record: `<image>` once in the first human turn, before or after it (seeded)."""
+    h = draw(seed, cid)
+    if info.task == "detail":
+        turns = (Turn(instructions[h % len(instructions)], turns[0].answer),)
+    first = turns[0].question
+    opening = f"{IMAGE_TOKEN}\n{first}" if (h >> 16) & 1 else f"{first}\n{IMAGE_TOKEN}"
+    conversations = []
+    for n, turn in enumerate(turns):
+        conversations.append({"from": "human", "value": opening if n == 0 else turn.question})
+        conversations.append({"from": "gpt", "value": turn.answer})
+    return {
+        "id": f"{info.image_id:012d}",
+        "image": image.file_name,
+        "conversations": conversations,
+        "custom_id": cid,
+        "task": info.task,
+        "flags": flags,
+    }
+
+
+def quarantine_line(
+    cid: str, task: str | None, image_id: int | None, reason: str, detail: str, raw: str
+) -> dict:
+    """One quarantine.jsonl object (see DESIGN.md)."""
+    return {
+        "custom_id": cid,
+        "task": task,
+        "image_id": image_id,
+        "reason": reason,
+        "detail": detail,
+        "raw": raw,
+    }
+
+
+@dataclass
+class StatsCollector:
+    """Running counts for stats.json; answer lengths are kept as compact int arrays."""
+
+    records: Counter = field(default_factory=Counter)
+    quarantined: Counter = field(default_factory=Counter)
+    quarantined_per_task: Counter = field(default_factory=Counter)
+    flags: Counter = field(default_factory=Counter)
+    unseen_categories: Counter = field(default_factory=Counter)
+    turns: array = field(default_factory=lambda: array("I"))
+    words: dict[str, array] = field(default_factory=lambda: {t: array("I") for t in TASKS})
+
+    def add_record(self, task: str, turns: tuple[Turn, ...], flags: list[str]) -> None:
+        self.records[task] += 1
+        if task == "conversation":
+            self.turns.append(len(turns))
+        self.words[task].extend(word_count(t.answer) for t in turns)
+        for flag in flags:
+            name, _, detail = flag.partition(":")
+            self.flags[name] += 1
+            if name == "unseen_category":
+                self.unseen_categories[detail] += 1
+
+    def add_quarantined(self, task: str | None, reason: str) -> None:
+        self.quarantined[reason] += 1
+        self.quarantined_per_task[task or "unknown"] += 1
+
+
+def summarize(values: array) -> dict:
+    """count, mean, p50, p95 and max of a list of integers (nearest-rank percentiles)."""
+    if not values:
+        return {"count": 0, "mean": None, "p50": None, "p95": None, "max": None}
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def rank(p: float) -> int:
+        return ordered[max(0, -(-n * p // 100) - 1)]
+
+    return {
+        "count": n,
+        "mean": round(sum(ordered) / n, 2),
+        "p50": rank(50),
+        "p95": rank(95),
+        "max": ordered[-1],
+    }
+
+
+def build(
+    responses_path: Path,
+    requests_path: Path,
+    contexts_path: Path,
+    out_dir: Path,
+    seed: int = 0,
+    instructions_dir: Path = DEFAULT_INSTRUCTIONS,
+) -> dict:
+    """Write OUT/<task>.json, OUT/llava_instruct.json, OUT/quarantine.jsonl, OUT/stats.json.
+
+    Returns the stats dict (also written as stats.json). Raises InstructgenError when the
+    inputs disagree (a request whose image has no context) or the invariant does not hold.
+    """
+    require_file(responses_path)
+    instructions = load_instructions(instructions_dir)
+    requests = load_requests(requests_path)
+    images = load_contexts(contexts_path)
+    for cid, info in requests.by_id.items():
+        if info.image_id not in images:
+            raise InputError(
+                f"{requests_path}: {cid}: image {info.image_id} is not in {contexts_path}; "
+                "pass the contexts.jsonl these requests were rendered from"
+            )
+    out_dir = Path(out_dir)
+    stats = StatsCollector()
+    index: list[tuple[str, int, int, int]] = []  # (custom_id, task index, offset, length)
+    answered: dict[str, int] = {}  # custom_id -> line of its first response
+    unknown = duplicates = 0
+    with ExitStack() as stack:
+        task_files = [
+            stack.enter_context(atomic_writer(out_dir / f"{t}.json", "wb")) for t in TASKS
+        ]
+        offsets = [2] * len(TASKS)  # after the opening "[\n"
+        for f in task_files:
+            f.write(b"[\n")
+        quarantine = stack.enter_context(atomic_writer(out_dir / "quarantine.jsonl"))
+
+        def reject(cid: str, info: RequestInfo | None, reason: str, detail: str, raw: str):
+            parsed_id = split_custom_id(cid)
+            task, image_id = (
+                (info.task, info.image_id)
+                if info
+                else (parsed_id[1], parsed_id[0])
+                if parsed_id
+                else (None, None)
+            )
+            row = quarantine_line(cid, task, image_id, reason, detail, raw)
+            quarantine.write(json.dumps(row, ensure_ascii=False) + "\n")
+            stats.add_quarantined(task, reason)
+
+        for lineno, line in iter_jsonl(responses_path):
+            cid = line.get("custom_id")
+            if not isinstance(cid, str):
+                raise InputError(
+                    f"{responses_path}:{lineno}: no custom_id; not a Batch API output line"
+                )
+            extracted = extract_text(line)
+            info = requests.by_id.get(cid)
+            if info is None:
+                unknown += 1
+                reject(
+                    cid,
+                    None,
+                    "unknown_request",
+                    f"no request has this custom_id ({requests_path})",
+                    extracted.text,
+                )
+                continue
+            if cid in answered:
+                duplicates += 1
+                reject(
+                    cid,
+                    info,
+                    "duplicate",
+                    f"a response for this custom_id came earlier (line {answered[cid]})",
+                    extracted.text,
+                )
+                continue
+            answered[cid] = lineno
+            parsed = extracted.rejection or parse_response(
+                info.task, extracted.text, requests.fragments[info.system]
+            )
+            if isinstance(parsed, Rejection):
+                reject(cid, info, parsed.reason, parsed.detail, extracted.text)
+                continue
+            image = images[info.image_id]
+            flags = answer_flags(info.task, parsed, image.present)
+            record = make_record(cid, info, image, parsed, flags, instructions, seed)
+            t = TASKS.index(info.task)
+            data = json.dumps(record, ensure_ascii=False).encode()
+            if offsets[t] > 2:
+                task_files[t].write(b",\n")
+                offsets[t] += 2
+            task_files[t].write(data)
+            index.append((cid, t, offsets[t], len(data)))
+            offsets[t] += len(data)
+            stats.add_record(info.task, parsed, flags)
+
+        for cid, info in requests.by_id.items():
+            if cid not in answered:
+                reject(cid, info, "failed_request", "no response", "")
+        for f in task_files:
+            f.write(b"\n]\n")
+        invariant = _check_invariant(stats, len(requests.by_id), unknown, duplicates)
+    _write_merged(out_dir, index, seed)
+    result = _stats_json(stats, invariant, seed, responses_path, requests_path, contexts_path)
+    write_json(out_dir / "stats.json", result, indent=2)
+    return result
+
+
+def _check_invariant(stats: StatsCollector, requests: int, unknown: int, duplicates: int) -> dict:
+    records, quarantined = sum(stats.records.values()), sum(stats.quarantined.values())
+    holds = records + quarantined == requests + unknown + duplicates
+    invariant = {
+        "statement": INVARIANT,
+        "records": records,
+        "quarantined": quarantined,
+        "requests": requests,
+        "unknown_responses": unknown,
+        "duplicate_responses": duplicates,
+        "holds": holds,
+    }
+    if not holds:
+        raise InstructgenError(
+            f"invariant broken: {records} records + {quarantined} quarantined != {requests} "
+            f"requests + {unknown} unknown + {duplicates} duplicate responses; nothing written"
+        )
+    return invariant
+
+
+def _write_merged(out_dir: Path, index: list[tuple[str, int, int, int]], seed: int) -> None:
+    """All tasks in one list, shuffled with `seed` independently of the responses' order."""
+    index.sort()
+    random.Random(seed).shuffle(index)
+    with ExitStack() as stack:
+        maps = []
+        for t in TASKS:
+            f = stack.enter_context(open(out_dir / f"{t}.json", "rb"))
+            maps.append(stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
+        with atomic_writer(out_dir / MERGED_NAME, "wb") as out:
+            out.write(b"[\n")
+            for n, (_, t, offset, length) in enumerate(index):
+                if n:
+                    out.write(b",\n")
+                out.write(maps[t][offset : offset + length])
+            out.write(b"\n]\n")
+
+
+def _stats_json(stats: StatsCollector, invariant: dict, seed: int, *inputs: Path) -> dict:
+    total = sum(stats.records.values())
+    return {
+        "inputs": {
+            "responses": str(inputs[0]),
+            "requests": str(inputs[1]),
+            "contexts": str(inputs[2]),
+            "seed": seed,
+        },
+        "records": {t: stats.records[t] for t in TASKS} | {"total": total},
+        "quarantined": {r: stats.quarantined[r] for r in REASONS if stats.quarantined[r]}
+        | {"total": sum(stats.quarantined.values())},
+        "quarantined_per_task": dict(sorted(stats.quarantined_per_task.items())),
+        "turns_per_conversation": summarize(stats.turns),
+        "words_per_answer": {t: summarize(stats.words[t]) for t in TASKS},
+        "flags": dict(stats.flags.most_common()),
+        "unseen_categories": dict(stats.unseen_categories.most_common(20)),
+        "invariant": invariant,
+    }
+
+
+def stats_report(stats: dict):
+    """The stats of a build as rich renderables: records and answer lengths, rejections, flags."""
+    from rich.console import Group
+    from rich.table import Table
+
+    records = Table(title="records", title_justify="left")
+    for col in ("task", "records", "quarantined", "words/answer mean", "p50", "p95"):
+        records.add_column(col, justify="left" if col == "task" else "right")
+    for task in TASKS:
+        words = stats["words_per_answer"][task]
+        records.add_row(
+            task,
+            str(stats["records"][task]),
+            str(stats["quarantined_per_task"].get(task, 0)),
+            *(str(words[k]) if words[k] is not None else "-" for k in ("mean", "p50", "p95")),
+        )
+    records.add_row("total", str(stats["records"]["total"]), str(stats["quarantined"]["total"]))
+    turns = stats["turns_per_conversation"]
+    rejections = Table(title="quarantined", title_justify="left")
+    rejections.add_column("reason")
+    rejections.add_column("count", justify="right")
+    for reason, n in stats["quarantined"].items():
+        if reason != "total":
+            rejections.add_row(reason, str(n))
+    if not rejections.rows:
+        rejections.add_row("none", "0")
+    flags = Table(title="flags (records)", title_justify="left")
+    flags.add_column("flag")
+    flags.add_column("count", justify="right")
+    for name, n in stats["flags"].items():
+        flags.add_row(name, str(n))
+    if not flags.rows:
+        flags.add_row("none", "0")
+    inv = stats["invariant"]
+    lines = [
+        f"turns per conversation: mean {turns['mean']}, p50 {turns['p50']}, p95 {turns['p95']}",
+        f"invariant {'holds' if inv['holds'] else 'BROKEN'}: {inv['records']} records + "
+        f"{inv['quarantined']} quarantined = {inv['requests']} requests + "
+        f"{inv['unknown_responses']} unknown + {inv['duplicate_responses']} duplicate responses",
+    ]
+    return Group(records, rejections, flags, *lines)
