@@ -190,3 +190,20 @@ def test_bundled_seeds_are_real_train2017_images():
     for path in DEFAULT_SEEDS.glob("*/*.yaml"):
         text = path.read_text()
         assert "train2017" in text.splitlines()[0], path
+
+
+def test_seed_responses_parse_into_turns_without_flags():
+    from instructgen.parse import Rejection, answer_flags, parse_response, present_categories
+
+    for task in TASKS:
+        prompt = load_task_prompt(task)
+        for seed in prompt.seeds:
+            turns = parse_response(task, seed.assistant)
+            assert not isinstance(turns, Rejection), (seed.source, turns)
+            assert len(turns) >= (3 if task == "conversation" else 1)
+            categories = {
+                line.split(":")[0][2:] for line in seed.user.splitlines() if ": [" in line
+            }
+            captions = tuple(line[2:] for line in seed.user.splitlines() if line.startswith("- "))
+            present = present_categories(captions, categories)
+            assert answer_flags(task, turns, present) == [], seed.source
