@@ -1,0 +1,1 @@
+"""The curation review: a local web page to accept, reject, edit and export records."""
