@@ -319,16 +319,19 @@ def review_serve(
         None, help="quarantine.jsonl from `build`: its responses can be read and rescued."
     ),
     images: Path | None = typer.Option(
-        None, help="Folder of the images (e.g. COCO train2017); files are served only from "
-        "inside it. Without it, a drawn placeholder shows the boxes."
+        None,
+        help="Folder of the images (e.g. COCO train2017); files are served only from "
+        "inside it. Without it, a drawn placeholder shows the boxes.",
     ),
     db: Path = typer.Option(
-        Path("review.sqlite"), help="SQLite file holding the review: created and imported on "
-        "first use, reused after (decisions survive restarts and source changes)."
+        Path("review.sqlite"),
+        help="SQLite file holding the review: created and imported on "
+        "first use, reused after (decisions survive restarts and source changes).",
     ),
     host: str = typer.Option(
-        "127.0.0.1", help="Address to listen on. The page has no login: anything but loopback "
-        "lets your network decide for you."
+        "127.0.0.1",
+        help="Address to listen on. The page has no login: anything but loopback "
+        "lets your network decide for you.",
     ),
     port: int = typer.Option(8765, help="TCP port to listen on."),
 ) -> None:
@@ -350,8 +353,11 @@ def review_serve(
         f"review: {report.records:,} records and {report.quarantined:,} quarantined {what} "
         f"into {db}; {report.decisions_kept:,} decisions so far"
         + (f"; {report.without_context:,} without a context" if report.without_context else "")
-        + (f"; {report.orphan_decisions:,} decisions on records no longer in the source (kept)"
-           if report.orphan_decisions else "")
+        + (
+            f"; {report.orphan_decisions:,} decisions on records no longer in the source (kept)"
+            if report.orphan_decisions
+            else ""
+        )
     )
     url_host = f"[{host}]" if ":" in host else host
     console.print(f"[bold]open http://{url_host}:{port}/[/bold]  (Ctrl+C to stop)")
@@ -375,10 +381,14 @@ def review_export(
     console.print(
         f"[green]wrote[/green] {output}: {report.written:,} {status} records "
         f"({report.edited:,} edited, {report.rescued:,} rescued)"
-        + (f"; left out {report.not_rescued:,} quarantined never rescued"
-           if report.not_rescued else "")
+        + (
+            f"; left out {report.not_rescued:,} quarantined never rescued"
+            if report.not_rescued
+            else ""
+        )
         + (f"; left out {report.duplicates:,} repeated custom_ids" if report.duplicates else "")
     )
+
 
 # --- cc3m (noun-phrase filter) ---
 
