@@ -35,8 +35,8 @@ from instructgen.parse import (
     system_fragments,
     word_count,
 )
+from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
 
-DEFAULT_INSTRUCTIONS = Path(__file__).parents[1] / "prompts" / "instructions"
 MERGED_NAME = "llava_instruct.json"
 INVARIANT = "records + quarantined = requests + unknown_responses + duplicate_responses"
 
@@ -117,16 +117,6 @@ def load_contexts(path: Path) -> dict[int, ImageInfo]:
             ) from None
         images[image_id] = ImageInfo(file_name, present_categories(captions, boxes))
     return images
-
-
-def load_instructions(directory: Path) -> tuple[str, ...]:
-    """The detail question phrasings: non-blank lines of `directory`/detail.txt."""
-    path = require_file(Path(directory) / "detail.txt")
-    lines = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    phrasings = tuple(line for line in lines if line)
-    if not phrasings:
-        raise InputError(f"{path}: no question phrasings (write one per line)")
-    return phrasings
 
 
 def extract_text(line: dict) -> Extracted:
@@ -265,7 +255,7 @@ def build(
     contexts_path: Path,
     out_dir: Path,
     seed: int = 0,
-    instructions_dir: Path = DEFAULT_INSTRUCTIONS,
+    instructions_dir: Path = INSTRUCTIONS_DIR,
 ) -> dict:
     """Write OUT/<task>.json, OUT/llava_instruct.json, OUT/quarantine.jsonl, OUT/stats.json.
 
@@ -273,7 +263,7 @@ def build(
     inputs disagree (a request whose image has no context) or the invariant does not hold.
     """
     require_file(responses_path)
-    instructions = load_instructions(instructions_dir)
+    instructions = read_instructions(Path(instructions_dir) / "detail.txt")
     requests = load_requests(requests_path)
     images = load_contexts(contexts_path)
     for cid, info in requests.by_id.items():

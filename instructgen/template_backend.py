@@ -13,12 +13,11 @@ import zlib
 from pathlib import Path
 
 from instructgen.contracts import split_custom_id
-from instructgen.errors import InputError
-from instructgen.files import atomic_writer, iter_jsonl, require_file
+from instructgen.files import atomic_writer, iter_jsonl
+from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
 
 BACKEND = "template"
 MODEL = "template-baseline"
-DEFAULT_INSTRUCTIONS = Path(__file__).parents[1] / "prompts" / "instructions"
 CAPTIONS_HEADER = "Captions:"
 
 
@@ -88,17 +87,14 @@ def _error_line(cid: str, message: str) -> dict:
 
 
 def write_template_responses(
-    requests_path: Path, output_path: Path, instructions_dir: Path = DEFAULT_INSTRUCTIONS
+    requests_path: Path, output_path: Path, instructions_dir: Path = INSTRUCTIONS_DIR
 ) -> int:
     """Answer every request of `requests_path` with the template baseline; return the count.
 
     Writes Batch API output lines to `output_path` atomically. A request whose last user
     message has no `Captions:` block gets an error line (quarantined by `build`).
     """
-    brief_path = require_file(Path(instructions_dir) / "brief.txt")
-    brief = [s.strip() for s in brief_path.read_text(encoding="utf-8").splitlines() if s.strip()]
-    if not brief:
-        raise InputError(f"{brief_path}: no question phrasings (write one per line)")
+    brief = read_instructions(Path(instructions_dir) / "brief.txt")
     n = 0
     with atomic_writer(output_path) as out:
         for lineno, request in iter_jsonl(requests_path):
