@@ -66,6 +66,9 @@ $(DATA)/.coco-settings: FORCE
 $(DATA)/.render-settings: FORCE
 	@mkdir -p $(DATA)
 	@echo '$(MODEL) $(TASKS) $(MAX_TOKENS)' | cmp -s - $@ || echo '$(MODEL) $(TASKS) $(MAX_TOKENS)' > $@
+$(DATA)/.run-settings: FORCE
+	@mkdir -p $(DATA)
+	@echo '$(BACKEND)' | cmp -s - $@ || echo '$(BACKEND)' > $@
 $(DATA)/.build-settings: FORCE
 	@mkdir -p $(DATA)
 	@echo '$(SEED)' | cmp -s - $@ || echo '$(SEED)' > $@
@@ -76,7 +79,7 @@ $(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(DATA)/.coco-settings | instal
 $(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
 	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS)
 
-$(DATA)/responses.jsonl: $(DATA)/requests.jsonl | install
+$(DATA)/responses.jsonl: $(DATA)/requests.jsonl $(DATA)/.run-settings | install
 	$(IG) run $< -o $@ --backend $(BACKEND) $(if $(filter openai,$(BACKEND)),--journal $(DATA)/journal.sqlite) $(RUN_ARGS)
 
 $(DATA)/llava/llava_instruct.json: $(DATA)/responses.jsonl $(DATA)/requests.jsonl $(DATA)/contexts.jsonl $(DATA)/.build-settings | install

@@ -4,7 +4,8 @@ The box rule, applied to every instance annotation:
 - crowd annotations (`iscrowd` = 1) are dropped: they outline a group, not one object, and
   would make object counts wrong;
 - boxes reaching outside the image are clipped to it (counted as `clipped`);
-- boxes with no area left (zero width or height, before or after clipping) are dropped;
+- boxes with no area left (zero width or height after clipping, or after rounding to the
+  3 decimals of the output) are dropped;
 - boxes are listed largest first, so the most salient objects lead the context.
 Images without captions get no context; they are counted and their first ids are reported.
 """
@@ -56,10 +57,17 @@ def normalize_box(
         round(cx2 / width, BOX_DECIMALS),
         round(cy2 / height, BOX_DECIMALS),
     )
+    if norm[2] <= norm[0] or norm[3] <= norm[1]:  # thinner than the 3-decimal grid
+        return None, clipped
     return norm, clipped
 
 
-def _load_coco(path: Path, need: tuple[str, ...]):
+IMAGE_KEYS = ("id", "file_name", "width", "height")
+CAPTION_KEYS = ("id", "image_id", "caption")
+INSTANCE_KEYS = ("id", "image_id", "category_id", "bbox")
+
+
+def _load_coco(path: Path, need: tuple[str, ...], annotation_keys: tuple[str, ...]):
     """Load an annotation file with pycocotools, after our own checks give clear errors."""
     from pycocotools.coco import COCO
 
@@ -67,13 +75,27 @@ def _load_coco(path: Path, need: tuple[str, ...]):
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a COCO annotation file (top level is not an object)")
     for key in need:
-        if key not in data:
+        if not isinstance(data.get(key), list):
             raise InputError(f"{path}: not a COCO annotation file: no '{key}' list")
+    _check_keys(path, "images", data["images"], IMAGE_KEYS)
+    _check_keys(path, "annotations", data["annotations"], annotation_keys)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
+
+
+def _check_keys(path: Path, section: str, items: list, keys: tuple[str, ...]) -> None:
+    for i, item in enumerate(items):
+        missing = [k for k in keys if not isinstance(item, dict) or k not in item]
+        if missing:
+            hint = (
+                " (is this an instances file? pass it as --instances)"
+                if "caption" in missing
+                else ""
+            )
+            raise InputError(f"{path}: {section}[{i}] has no '{missing[0]}'{hint}")
 
 
 def read_image_ids(path: Path) -> list[int]:
@@ -100,14 +122,11 @@ def iter_contexts(
 ) -> Iterator[ImageContext]:
     """Yield one ImageContext per selected image that has captions, in image-id order."""
     summary = summary if summary is not None else CocoSummary()
-    caps = _load_coco(Path(captions_path), ("images", "annotations"))
+    caps = _load_coco(Path(captions_path), ("images", "annotations"), CAPTION_KEYS)
     for ann in caps.dataset["annotations"]:
-        if not isinstance(ann.get("caption"), str):
-            raise InputError(
-                f"{captions_path}: annotation {ann.get('id')} has no caption text "
-                "(is this an instances file? pass it as --instances)"
-            )
-        if ann.get("image_id") not in caps.imgs:
+        if not isinstance(ann["caption"], str):
+            raise InputError(f"{captions_path}: caption {ann['id']} is not text")
+        if ann["image_id"] not in caps.imgs:
             raise InputError(
                 f"{captions_path}: caption {ann.get('id')} refers to unknown image id "
                 f"{ann.get('image_id')}"
@@ -115,7 +134,9 @@ def iter_contexts(
     boxes_by_image: dict[int, list] = defaultdict(list)
     categories: dict[int, str] = {}
     if instances_path is not None:
-        inst = _load_coco(Path(instances_path), ("images", "annotations", "categories"))
+        inst = _load_coco(
+            Path(instances_path), ("images", "annotations", "categories"), INSTANCE_KEYS
+        )
         categories = {c["id"]: c["name"] for c in inst.dataset["categories"]}
         for ann in inst.dataset["annotations"]:
             if ann.get("category_id") not in categories:

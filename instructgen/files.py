@@ -24,6 +24,15 @@ def require_file(path: Path) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """A whole UTF-8 text file; a missing or non-UTF-8 file raises InputError naming it."""
+    require_file(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_json(path: Path) -> Any:
     """Load one JSON document; a syntax error names the file, line and column."""
     require_file(path)

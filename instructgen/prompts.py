@@ -18,7 +18,7 @@ import yaml
 
 from instructgen.contracts import TASKS, ImageContext
 from instructgen.errors import InputError, TemplateError
-from instructgen.files import require_file
+from instructgen.files import read_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = PROJECT_ROOT / "prompts"
@@ -129,7 +129,7 @@ def _task_folder(prompts_dir: Path, task: str) -> Path:
 def load_seed(path: Path, context_template: jinja2.Template) -> Seed:
     """Read one seeds/<task>/NNN.yaml: its context (captions, boxes) and its response."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -166,18 +166,23 @@ def load_task_prompt(
 
     llava_system = folder / "system_message.txt"
     if llava_system.is_file():
-        system = llava_system.read_text(encoding="utf-8").strip()
+        system = read_text(llava_system).strip()
         seeds = tuple(
             Seed(
                 str(caps),
-                caps.read_text(encoding="utf-8").strip(),
-                _sibling(caps, "_caps.txt", "_conv.txt").read_text(encoding="utf-8").strip(),
+                read_text(caps).strip(),
+                read_text(_sibling(caps, "_caps.txt", "_conv.txt")).strip(),
             )
             for caps in sorted(folder.glob("*_caps.txt"))
         )
         return TaskPrompt(task, system, seeds, context_template)
 
     system = render_template(_load_template(env, "system.j2", folder), {"task": task})
+    if not (seeds_dir / task).is_dir():
+        raise InputError(
+            f"{seeds_dir}: no seeds folder for task '{task}' (expected {seeds_dir / task}; "
+            "an empty folder renders without examples)"
+        )
     seed_files = sorted((seeds_dir / task).glob("*.yaml"))
     seeds = tuple(load_seed(p, context_template) for p in seed_files)
     return TaskPrompt(task, system, seeds, context_template)
@@ -185,8 +190,7 @@ def load_task_prompt(
 
 def read_instructions(path: Path) -> tuple[str, ...]:
     """Question phrasings, one per non-blank line of `path` (e.g. instructions/brief.txt)."""
-    path = require_file(Path(path))
-    phrasings = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    phrasings = tuple(line.strip() for line in read_text(path).splitlines())
     phrasings = tuple(p for p in phrasings if p)
     if not phrasings:
         raise InputError(f"{path}: no question phrasings (write one per line)")

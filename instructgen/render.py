@@ -66,6 +66,9 @@ def render_requests(
     seeds_dir: Path = DEFAULT_SEEDS,
 ) -> RenderSummary:
     """Write one request per (context, task) to `output` atomically, streaming the contexts."""
+    tasks = tuple(dict.fromkeys(tasks))  # a task named twice would repeat custom_ids
+    if not tasks:
+        raise InputError(f"no tasks to render (choose from {', '.join(TASKS)})")
     writers = [
         _RequestLineWriter(
             load_task_prompt(t, prompts_dir, seeds_dir), model, max_tokens, temperature
@@ -136,6 +139,8 @@ def estimate_requests(requests_path: Path, model: str | None = None) -> Estimate
         parsed = split_custom_id(cid)
         task = parsed[1] if parsed else "other"
         messages = body["messages"]
+        if not all(isinstance(m, dict) for m in messages):
+            raise InputError(f"{requests_path}:{lineno}: body.messages must be a list of objects")
         prompt = counter.count_messages(messages)
         replies = [counter.count(message_text(m)) for m in messages if m.get("role") == "assistant"]
         max_tokens = int(

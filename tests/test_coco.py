@@ -165,3 +165,21 @@ def test_full_train_sample_gives_one_context_per_image(shared_data, tmp_path):
         summary.crowd_dropped == 8
         and summary.boxes + summary.crowd_dropped + summary.zero_area_dropped == 739
     )
+
+
+def test_box_thinner_than_the_output_precision_is_dropped():
+    assert normalize_box([100, 50, 0.1, 30], 640, 480) == (None, False)
+
+
+def test_annotation_missing_a_field_is_an_error_naming_it(test_data, tmp_path):
+    instances = json.loads((test_data / INSTANCES).read_text())
+    del instances["annotations"][2]["bbox"]
+    src = tmp_path / "instances.json"
+    src.write_text(json.dumps(instances))
+    with pytest.raises(InputError, match=r"annotations\[2\] has no 'bbox'"):
+        write_contexts(test_data / CAPTIONS, tmp_path / "out.jsonl", src)
+
+
+def test_instances_file_given_as_captions_says_so(test_data, tmp_path):
+    with pytest.raises(InputError, match="is this an instances file"):
+        write_contexts(test_data / INSTANCES, tmp_path / "out.jsonl")

@@ -63,6 +63,28 @@ def test_changed_setting_rebuilds_only_what_depends_on_it(data):
     assert make(data, "MODEL=gpt-4o-mini", "SEED=1") == ["build"]
 
 
+def test_switching_backend_reruns_the_run(data):
+    make(data)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    result = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            f"{data}/{TARGET}",
+            f"DATA={data}",
+            "BACKEND=openai",
+            "LIMIT=4",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )  # the openai backend without a key: run starts and stops at once
+    assert result.returncode != 0 and "OPENAI_API_KEY" in result.stderr
+    assert make(data) == ["run", "build"]
+
+
 def test_edited_seed_rebuilds_from_render(data, tmp_path):
     make(data)
     seed = ROOT / "seeds" / "detail" / "001.yaml"

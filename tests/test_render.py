@@ -207,3 +207,38 @@ def test_seed_responses_parse_into_turns_without_flags():
             captions = tuple(line[2:] for line in seed.user.splitlines() if line.startswith("- "))
             present = present_categories(captions, categories)
             assert answer_flags(task, turns, present) == [], seed.source
+
+
+def test_missing_seeds_folder_is_an_error_not_a_silent_zero_shot(contexts, tmp_path):
+    with pytest.raises(InputError, match="no seeds folder for task 'conversation'"):
+        render_requests(contexts, tmp_path / "r.jsonl", seeds_dir=tmp_path / "nope")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_empty_seeds_folder_renders_without_examples(contexts, tmp_path):
+    (tmp_path / "seeds" / "detail").mkdir(parents=True)
+    out = tmp_path / "r.jsonl"
+    render_requests(contexts, out, tasks=("detail",), seeds_dir=tmp_path / "seeds")
+    assert [m["role"] for m in next(iter_jsonl(out))[1]["body"]["messages"]] == ["system", "user"]
+
+
+def test_a_task_named_twice_is_rendered_once(contexts, tmp_path):
+    summary = render_requests(contexts, tmp_path / "r.jsonl", tasks=("detail", "detail"))
+    assert summary.requests == 3
+
+
+def test_llava_layout_file_that_is_not_utf8_is_an_error(contexts, tmp_path):
+    folder = tmp_path / "p" / "detail"
+    folder.mkdir(parents=True)
+    (folder / "system_message.txt").write_bytes(b"Describe \xff\xfe images.")
+    with pytest.raises(InputError, match="system_message.txt: not UTF-8"):
+        render_requests(
+            contexts, tmp_path / "r.jsonl", tasks=("detail",), prompts_dir=tmp_path / "p"
+        )
+
+
+def test_estimate_rejects_a_message_that_is_not_an_object(tmp_path):
+    bad = tmp_path / "requests.jsonl"
+    bad.write_text(json.dumps({"custom_id": "x", "body": {"messages": ["hi"]}}) + "\n")
+    with pytest.raises(InputError, match=r"requests\.jsonl:1: body\.messages must be a list"):
+        estimate_requests(bad)
