@@ -13,6 +13,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from instructgen.client import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_RPM,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TPM,
+)
 from instructgen.errors import InstructgenError
 
 app = typer.Typer(
@@ -117,23 +125,37 @@ def estimate(
 
     est = estimate_requests(requests, model)
     table = Table(title=f"Estimate for {requests} ({est.model})")
-    for col in ("task", "requests", "prompt tokens", "completion tokens", "standard $", "batch $"):
-        table.add_column(col, justify="left" if col == "task" else "right")
+    columns = ("task", "requests", "prompt tokens", "completion tokens", "standard $")
+    for col in (*columns, "cached prefix $", "batch $"):
+        table.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
+
+    def dollars(cost: float | None) -> str:
+        return "unknown" if cost is None else f"{cost:,.2f}"
+
     for row in [*est.rows, est.total]:
         table.add_row(
             row.task,
             f"{row.requests:,}",
             f"{row.prompt_tokens:,}",
             f"{row.completion_tokens:,}",
-            "unknown" if row.cost_standard is None else f"{row.cost_standard:,.2f}",
-            "unknown" if row.cost_batch is None else f"{row.cost_batch:,.2f}",
+            dollars(row.cost_standard),
+            dollars(row.cost_cached),
+            dollars(row.cost_batch),
             style="bold" if row.task == "total" else None,
         )
-    Console().print(table)
+    out = Console()
+    Console(width=max(out.width, 120)).print(table)  # never squeeze the figures
     console.print(f"tokens: {est.token_method}; completions: {est.completion_method}")
 
 
 # --- run (batch client) ---
+
+
+def _seconds(value: float) -> float:
+    """A duration option: more than 0 seconds."""
+    if value <= 0:
+        raise typer.BadParameter(f"{value:g} is not more than 0 seconds")
+    return value
 
 
 @app.command()
@@ -157,25 +179,31 @@ def run(
         "Ollama); default https://api.openai.com/v1.",
     ),
     rpm: int = typer.Option(
-        5_000,
+        DEFAULT_RPM,
+        min=1,
         help="Requests per minute budget (GPT-4o, OpenAI usage tier 2); lowered to the "
         "server's x-ratelimit-limit-requests when that is less.",
     ),
     tpm: int = typer.Option(
-        450_000,
+        DEFAULT_TPM,
+        min=1,
         help="Tokens per minute budget (GPT-4o, tier 2); a request costs its prompt "
         "tokens plus max_tokens. Lowered to x-ratelimit-limit-tokens when that is less.",
     ),
     max_in_flight: int = typer.Option(
-        100,
+        DEFAULT_MAX_IN_FLIGHT,
         min=1,
         help="Most requests awaiting an answer at once (also the most a kill -9 "
         "can make you pay twice).",
     ),
     max_attempts: int = typer.Option(
-        6, min=1, help="Attempts per request before it is written as a failed line."
+        DEFAULT_MAX_ATTEMPTS,
+        min=1,
+        help="Attempts per request before it is written as a failed line.",
     ),
-    timeout: float = typer.Option(120.0, help="Seconds to wait for one answer."),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, callback=_seconds, help="Seconds to wait for one answer."
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the token and cost estimate; send nothing."
     ),
@@ -185,7 +213,9 @@ def run(
         help="Run the job through the OpenAI Batch API (half price, "
         "results within 24 h); rerun to resume polling.",
     ),
-    poll_interval: float = typer.Option(30.0, help="Seconds between Batch API status polls."),
+    poll_interval: float = typer.Option(
+        DEFAULT_POLL_INTERVAL_S, callback=_seconds, help="Seconds between Batch API status polls."
+    ),
     resend_changed: bool = typer.Option(
         False,
         help="Send again done requests whose line changed in the requests file "
@@ -232,7 +262,9 @@ def run(
     if batch_api:
         from instructgen.client.batch_api import run_batch
 
-        summary = run_batch(requests, output, journal, base_url, poll_interval, console, key)
+        summary = run_batch(
+            requests, output, journal, base_url, poll_interval, console, key, resend_changed
+        )
     else:
         summary = runner.run_requests(requests, output, journal, config, console, key)
     errors = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.items())) or "none"
@@ -285,10 +317,9 @@ def stats(
     path: Path = typer.Argument(..., help="A build output folder, or its stats.json."),
 ) -> None:
     """Print the tables of a finished build (its stats.json)."""
-    from instructgen.build import stats_report
-    from instructgen.files import read_json
+    from instructgen.build import read_stats_report
 
-    Console().print(stats_report(read_json(path / "stats.json" if path.is_dir() else path)))
+    Console().print(read_stats_report(path))
 
 
 # --- review (web page) ---
@@ -388,6 +419,11 @@ def review_export(
             else ""
         )
         + (f"; left out {report.duplicates:,} repeated custom_ids" if report.duplicates else "")
+        + (
+            f"; left out {report.without_image:,} rescued without an image id"
+            if report.without_image
+            else ""
+        )
     )
 
 

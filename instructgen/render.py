@@ -18,6 +18,7 @@ DEFAULT_MODEL = "gpt-4o"
 DEFAULT_MAX_TOKENS = 1024  # room for six conversation turns; the longest seed reply is ~450
 DEFAULT_TEMPERATURE = 1.0
 CHAT_URL = "/v1/chat/completions"
+CACHE_MIN, CACHE_STEP = 1024, 128  # OpenAI prompt caching: prefixes from 1,024 tokens, by 128
 
 
 @dataclass
@@ -103,8 +104,23 @@ class TaskEstimate:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     cost_standard: float | None = 0.0
+    cost_cached: float | None = 0.0
     cost_batch: float | None = 0.0
+
+    def add(self, prompt: int, cached: int, completion: int, costs: tuple) -> None:
+        """Count one request; a cost of None (unpriced model) makes the sum unknown."""
+        self.requests += 1
+        self.prompt_tokens += prompt
+        self.cached_tokens += cached
+        self.completion_tokens += completion
+        self.cost_standard, self.cost_cached, self.cost_batch = (
+            None if total is None or cost is None else total + cost
+            for total, cost in zip(
+                (self.cost_standard, self.cost_cached, self.cost_batch), costs, strict=True
+            )
+        )
 
 
 @dataclass
@@ -123,7 +139,9 @@ def estimate_requests(requests_path: Path, model: str | None = None) -> Estimate
 
     The expected completion of a request is the mean length of the assistant replies among its
     few-shot examples (models imitate them), capped at its max_tokens; without examples, half
-    of max_tokens. Costs use each request's model unless `model` overrides it.
+    of max_tokens. The cached cost assumes the provider caches the shared prefix (system and
+    seeds) of every request as OpenAI does: from 1,024 tokens, in steps of 128. Costs use each
+    request's model unless `model` overrides it.
     """
     counter = TokenCounter(model or DEFAULT_MODEL)
     rows: dict[str, TaskEstimate] = {}
@@ -142,24 +160,24 @@ def estimate_requests(requests_path: Path, model: str | None = None) -> Estimate
         if not all(isinstance(m, dict) for m in messages):
             raise InputError(f"{requests_path}:{lineno}: body.messages must be a list of objects")
         prompt = counter.count_messages(messages)
+        prefix = counter.count_messages(messages[:-1])
+        cached = prefix - prefix % CACHE_STEP if prefix >= CACHE_MIN else 0
         replies = [counter.count(message_text(m)) for m in messages if m.get("role") == "assistant"]
-        max_tokens = int(
+        max_tokens = (
             body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
         )
+        if not isinstance(max_tokens, int):
+            raise InputError(f"{requests_path}:{lineno}: max_tokens must be an integer")
         completion = min(sum(replies) // len(replies), max_tokens) if replies else max_tokens // 2
         request_model = model or str(body.get("model", DEFAULT_MODEL))
         models.add(request_model)
-        row = rows.setdefault(task, TaskEstimate(task))
-        standard = cost_usd(request_model, prompt, completion)
-        batch = cost_usd(request_model, prompt, completion, batch=True)
-        for r in (row, total):
-            r.requests += 1
-            r.prompt_tokens += prompt
-            r.completion_tokens += completion
-            r.cost_standard = (
-                None if standard is None or r.cost_standard is None else r.cost_standard + standard
-            )
-            r.cost_batch = None if batch is None or r.cost_batch is None else r.cost_batch + batch
+        costs = (
+            cost_usd(request_model, prompt, completion),
+            cost_usd(request_model, prompt, completion, cached_tokens=cached),
+            cost_usd(request_model, prompt, completion, batch=True),
+        )
+        rows.setdefault(task, TaskEstimate(task)).add(prompt, cached, completion, costs)
+        total.add(prompt, cached, completion, costs)
     ordered = [rows[t] for t in (*TASKS, "other") if t in rows]
     return Estimate(
         model=", ".join(sorted(models)) or (model or DEFAULT_MODEL),

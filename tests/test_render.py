@@ -242,3 +242,20 @@ def test_estimate_rejects_a_message_that_is_not_an_object(tmp_path):
     bad.write_text(json.dumps({"custom_id": "x", "body": {"messages": ["hi"]}}) + "\n")
     with pytest.raises(InputError, match=r"requests\.jsonl:1: body\.messages must be a list"):
         estimate_requests(bad)
+
+
+def test_cached_prefix_cost_counts_the_shared_prefix_as_cached(requests):
+    est = estimate_requests(requests)
+    counter = TokenCounter("gpt-4o")
+    prefixes = [counter.count_messages(o["body"]["messages"][:-1]) for _, o in iter_jsonl(requests)]
+    assert all(p >= 1024 for p in prefixes)  # our seeds make every prefix cacheable
+    assert est.total.cached_tokens == sum(p - p % 128 for p in prefixes)
+    assert est.total.cost_batch < est.total.cost_cached < est.total.cost_standard
+
+
+def test_estimate_rejects_a_non_integer_max_tokens(tmp_path):
+    bad = tmp_path / "requests.jsonl"
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}
+    bad.write_text(json.dumps({"custom_id": "x", "body": body}) + "\n")
+    with pytest.raises(InputError, match=r"requests\.jsonl:1: max_tokens must be an integer"):
+        estimate_requests(bad)
