@@ -7,13 +7,16 @@ line that matches no request (or repeats one) is quarantined too, so that
 
     records + quarantined = requests + unknown_responses + duplicate_responses
 
-holds exactly; `build` checks it before any output is moved into place.
+holds exactly; `build` checks it before any output is moved into place. All outputs are
+written to temp files first and renamed into place together at the end (stats.json last), so
+a failure anywhere leaves the previous build's files as they were.
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
 import random
 import zlib
 from array import array
@@ -21,10 +24,11 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from instructgen.contracts import IMAGE_TOKEN, TASKS, split_custom_id
 from instructgen.errors import InputError, InstructgenError
-from instructgen.files import atomic_writer, iter_jsonl, require_file, write_json
+from instructgen.files import atomic_writer, iter_jsonl, read_json, require_file
 from instructgen.parse import (
     REASONS,
     Rejection,
@@ -36,6 +40,7 @@ from instructgen.parse import (
     word_count,
 )
 from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
+from instructgen.template_backend import BACKEND as TEMPLATE_BACKEND
 
 MERGED_NAME = "llava_instruct.json"
 INVARIANT = "records + quarantined = requests + unknown_responses + duplicate_responses"
@@ -77,7 +82,9 @@ class Requests:
 def _message_text(message: dict) -> str:
     content = message.get("content")
     if isinstance(content, list):  # content parts: keep the text ones
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+        # Newlines, not tokens.message_text's spaces: a part ends a sentence for system_fragments.
+        texts = (p.get("text") for p in content if isinstance(p, dict))
+        return "\n".join(t for t in texts if isinstance(t, str))
     return content if isinstance(content, str) else ""
 
 
@@ -95,17 +102,25 @@ def load_requests(path: Path) -> Requests:
             )
         if cid in by_id:
             raise InputError(f"{path}:{lineno}: custom_id {cid} appears twice; ids must be unique")
-        messages = (obj.get("body") or {}).get("messages")
+        body = obj.get("body")
+        messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list):
             raise InputError(f"{path}:{lineno}: {cid}: not a Batch API request (no body.messages)")
+        for n, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise InputError(
+                    f"{path}:{lineno}: {cid}: body.messages[{n}] is {type(m).__name__}, "
+                    "not a message object with role and content"
+                )
         system = next((_message_text(m) for m in messages if m.get("role") == "system"), "")
         by_id[cid] = RequestInfo(parsed[1], parsed[0], systems.setdefault(system, len(systems)))
     return Requests(by_id, [system_fragments(s) for s in systems])
 
 
 def load_contexts(path: Path) -> dict[int, ImageInfo]:
-    """image_id -> ImageInfo from contexts.jsonl (only the fields build needs are read)."""
+    """image_id -> ImageInfo from contexts.jsonl; a repeated image_id raises InputError."""
     images = {}
+    first_line: dict[int, int] = {}
     for lineno, obj in iter_jsonl(path):
         try:
             image_id, file_name = int(obj["image_id"]), str(obj["file_name"])
@@ -115,6 +130,12 @@ def load_contexts(path: Path) -> dict[int, ImageInfo]:
             raise InputError(
                 f"{path}:{lineno}: not an image context ({type(e).__name__}: {e})"
             ) from None
+        if image_id in first_line:
+            raise InputError(
+                f"{path}:{lineno}: image_id {image_id} already appears at {path}:"
+                f"{first_line[image_id]}; give each image one context"
+            )
+        first_line[image_id] = lineno
         images[image_id] = ImageInfo(file_name, present_categories(captions, boxes))
     return images
 
@@ -147,6 +168,14 @@ def extract_text(line: dict) -> Extracted:
     return Extracted(text)
 
 
+def response_model(line: dict) -> str | None:
+    """The `model` named by a response line's body (who wrote the answer), or None."""
+    response = line.get("response")
+    body = response.get("body") if isinstance(response, dict) else None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
 def _error_message(error: object) -> str:
     if isinstance(error, dict):
         code, message = error.get("code"), error.get("message")
@@ -167,8 +196,12 @@ def make_record(
     flags: list[str],
     instructions: tuple[str, ...],
     seed: int,
+    backend: str | None = None,
 ) -> dict:
-    """One LLaVA record: `<image>` once in the first human turn, before or after it (seeded)."""
+    """One LLaVA record: `<image>` once in the first human turn, before or after it (seeded).
+
+    `backend` labels a record that no model wrote (the template baseline's "template").
+    """
     h = draw(seed, cid)
     if info.task == "detail":
         turns = (Turn(instructions[h % len(instructions)], turns[0].answer),)
@@ -178,7 +211,7 @@ def make_record(
     for n, turn in enumerate(turns):
         conversations.append({"from": "human", "value": opening if n == 0 else turn.question})
         conversations.append({"from": "gpt", "value": turn.answer})
-    return {
+    record = {
         "id": f"{info.image_id:012d}",
         "image": image.file_name,
         "conversations": conversations,
@@ -186,6 +219,9 @@ def make_record(
         "task": info.task,
         "flags": flags,
     }
+    if backend:
+        record["backend"] = backend
+    return record
 
 
 def quarantine_line(
@@ -206,6 +242,7 @@ def quarantine_line(
 class StatsCollector:
     """Running counts for stats.json; answer lengths are kept as compact int arrays."""
 
+    models: Counter = field(default_factory=Counter)  # body.model -> response lines
     records: Counter = field(default_factory=Counter)
     quarantined: Counter = field(default_factory=Counter)
     quarantined_per_task: Counter = field(default_factory=Counter)
@@ -277,14 +314,18 @@ def build(
     index: list[tuple[str, int, int, int]] = []  # (custom_id, task index, offset, length)
     answered: dict[str, int] = {}  # custom_id -> line of its first response
     unknown = duplicates = 0
+    # Every output goes to a temp file; the stack renames them only if all succeeded, in the
+    # reverse order of entry: stats.json, entered first, is renamed last.
     with ExitStack() as stack:
-        task_files = [
-            stack.enter_context(atomic_writer(out_dir / f"{t}.json", "wb")) for t in TASKS
+        stats_file = stack.enter_context(atomic_writer(out_dir / "stats.json"))
+        task_files = [  # read back (w+b) to build the merged file before anything is renamed
+            stack.enter_context(atomic_writer(out_dir / f"{t}.json", "w+b")) for t in TASKS
         ]
         offsets = [2] * len(TASKS)  # after the opening "[\n"
         for f in task_files:
             f.write(b"[\n")
         quarantine = stack.enter_context(atomic_writer(out_dir / "quarantine.jsonl"))
+        merged = stack.enter_context(atomic_writer(out_dir / MERGED_NAME, "wb"))
 
         def reject(cid: str, info: RequestInfo | None, reason: str, detail: str, raw: str):
             parsed_id = split_custom_id(cid)
@@ -306,6 +347,9 @@ def build(
                     f"{responses_path}:{lineno}: no custom_id; not a Batch API output line"
                 )
             extracted = extract_text(line)
+            model = response_model(line)
+            if model is not None:
+                stats.models[model] += 1
             info = requests.by_id.get(cid)
             if info is None:
                 unknown += 1
@@ -336,7 +380,8 @@ def build(
                 continue
             image = images[info.image_id]
             flags = answer_flags(info.task, parsed, image.present)
-            record = make_record(cid, info, image, parsed, flags, instructions, seed)
+            backend = TEMPLATE_BACKEND if line.get("backend") == TEMPLATE_BACKEND else None
+            record = make_record(cid, info, image, parsed, flags, instructions, seed, backend)
             t = TASKS.index(info.task)
             data = json.dumps(record, ensure_ascii=False).encode()
             if offsets[t] > 2:
@@ -353,9 +398,14 @@ def build(
         for f in task_files:
             f.write(b"\n]\n")
         invariant = _check_invariant(stats, len(requests.by_id), unknown, duplicates)
-    _write_merged(out_dir, index, seed)
-    result = _stats_json(stats, invariant, seed, responses_path, requests_path, contexts_path)
-    write_json(out_dir / "stats.json", result, indent=2)
+        _write_merged(merged, task_files, index, seed)
+        result = _stats_json(stats, invariant, seed, responses_path, requests_path, contexts_path)
+        json.dump(result, stats_file, ensure_ascii=False, indent=2)
+        stats_file.write("\n")
+        # Flushed and synced here, so that a full disk fails before the first rename.
+        for f in (*task_files, quarantine, merged, stats_file):
+            f.flush()
+            os.fsync(f.fileno())
     return result
 
 
@@ -379,22 +429,26 @@ def _check_invariant(stats: StatsCollector, requests: int, unknown: int, duplica
     return invariant
 
 
-def _write_merged(out_dir: Path, index: list[tuple[str, int, int, int]], seed: int) -> None:
-    """All tasks in one list, shuffled with `seed` independently of the responses' order."""
+def _write_merged(
+    out: IO[bytes], task_files: list[IO[bytes]], index: list[tuple[str, int, int, int]], seed: int
+) -> None:
+    """All tasks in one list, shuffled with `seed` independently of the responses' order.
+
+    Records are copied from the per-task files (still temp files, open for reading too).
+    """
     index.sort()
     random.Random(seed).shuffle(index)
     with ExitStack() as stack:
         maps = []
-        for t in TASKS:
-            f = stack.enter_context(open(out_dir / f"{t}.json", "rb"))
+        for f in task_files:
+            f.flush()
             maps.append(stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)))
-        with atomic_writer(out_dir / MERGED_NAME, "wb") as out:
-            out.write(b"[\n")
-            for n, (_, t, offset, length) in enumerate(index):
-                if n:
-                    out.write(b",\n")
-                out.write(maps[t][offset : offset + length])
-            out.write(b"\n]\n")
+        out.write(b"[\n")
+        for n, (_, t, offset, length) in enumerate(index):
+            if n:
+                out.write(b",\n")
+            out.write(maps[t][offset : offset + length])
+        out.write(b"\n]\n")
 
 
 def _stats_json(stats: StatsCollector, invariant: dict, seed: int, *inputs: Path) -> dict:
@@ -406,6 +460,7 @@ def _stats_json(stats: StatsCollector, invariant: dict, seed: int, *inputs: Path
             "contexts": str(inputs[2]),
             "seed": seed,
         },
+        "models": dict(stats.models.most_common()),
         "records": {t: stats.records[t] for t in TASKS} | {"total": total},
         "quarantined": {r: stats.quarantined[r] for r in REASONS if stats.quarantined[r]}
         | {"total": sum(stats.quarantined.values())},
@@ -416,6 +471,24 @@ def _stats_json(stats: StatsCollector, invariant: dict, seed: int, *inputs: Path
         "unseen_categories": dict(stats.unseen_categories.most_common(20)),
         "invariant": invariant,
     }
+
+
+def read_stats_report(path: Path):
+    """The tables of the stats.json at `path` (or in the folder `path`) as rich renderables.
+
+    A file that is not a stats.json written by `build` raises InputError naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "stats.json"
+    stats = read_json(path)
+    try:
+        return stats_report(stats)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(
+            f"{path}: not a stats.json written by `instructgen build` "
+            f"({type(e).__name__}: {e}); run `instructgen build` again to rewrite it"
+        ) from None
 
 
 def stats_report(stats: dict):
@@ -452,7 +525,9 @@ def stats_report(stats: dict):
     if not flags.rows:
         flags.add_row("none", "0")
     inv = stats["invariant"]
+    models = stats.get("models") or {}  # absent from stats.json files of older builds
     lines = [
+        "answers by model: " + (", ".join(f"{m} ({n})" for m, n in models.items()) or "none named"),
         f"turns per conversation: mean {turns['mean']}, p50 {turns['p50']}, p95 {turns['p95']}",
         f"invariant {'holds' if inv['holds'] else 'BROKEN'}: {inv['records']} records + "
         f"{inv['quarantined']} quarantined = {inv['requests']} requests + "

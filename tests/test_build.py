@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from instructgen.build import StatsCollector, _check_invariant, build
+from instructgen.build import (
+    StatsCollector,
+    _check_invariant,
+    build,
+    load_contexts,
+    load_requests,
+    read_stats_report,
+)
 from instructgen.contracts import IMAGE_TOKEN, TASKS
 from instructgen.errors import InputError, InstructgenError
 from instructgen.template_backend import write_template_responses
@@ -250,6 +257,69 @@ def test_response_line_without_custom_id_keeps_previous_outputs(inputs, tmp_path
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_failure_while_merging_leaves_every_previous_output_untouched(inputs, tmp_path):
+    out = tmp_path / "out"
+    build(*inputs.values(), out, seed=1)
+    (out / "llava_instruct.json").unlink()
+    (out / "llava_instruct.json").mkdir()  # the merged file cannot be moved into place
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    template = tmp_path / "template.jsonl"
+    write_template_responses(inputs["requests"], template)
+    with pytest.raises(OSError):
+        build(template, inputs["requests"], inputs["contexts"], out, seed=2)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before
+    assert sorted(before) == sorted(
+        [f"{t}.json" for t in TASKS] + ["quarantine.jsonl", "stats.json"]
+    )
+
+
+def test_stats_json_counts_response_lines_per_model(built):
+    stats = json.loads((built / "stats.json").read_text())
+    assert stats["models"] == {"gpt-4o-2024-08-06": 18}
+
+
+def test_records_written_by_a_model_carry_no_backend_label(built):
+    assert not [r for r in read_list(built / "llava_instruct.json") if "backend" in r]
+
+
+def test_repeated_image_id_in_contexts_names_both_lines(inputs, tmp_path):
+    contexts = tmp_path / "contexts.jsonl"
+    lines = inputs["contexts"].read_text().splitlines(keepends=True)
+    contexts.write_text("".join(lines + lines[:1]))
+    with pytest.raises(InputError, match=r"contexts.jsonl:7: image_id 790 .*contexts.jsonl:1"):
+        load_contexts(contexts)
+
+
+def test_request_message_that_is_not_an_object_names_file_and_line(inputs, tmp_path):
+    requests = tmp_path / "requests.jsonl"
+    shutil.copy(inputs["requests"], requests)
+    with requests.open("a") as f:
+        f.write(json.dumps({"custom_id": "coco-1-detail", "body": {"messages": ["hi"]}}) + "\n")
+    with pytest.raises(InputError, match=r"requests.jsonl:19: coco-1-detail: body.messages\[0\]"):
+        load_requests(requests)
+
+
+def test_system_prompt_parts_are_separate_sentences_for_echo_checks(tmp_path):
+    parts = [
+        {"type": "text", "text": "Role: visual assistant"},
+        {"type": "text", "text": "Describe what you see in the image in rich detail for a reader."},
+    ]
+    request = {
+        "custom_id": "coco-1-detail",
+        "body": {"messages": [{"role": "system", "content": parts}]},
+    }
+    (tmp_path / "requests.jsonl").write_text(json.dumps(request) + "\n")
+    fragments = load_requests(tmp_path / "requests.jsonl").fragments[0]
+    assert "describe what you see in the image in rich detail" in fragments
+
+
+def test_malformed_stats_json_is_an_input_error_naming_it(tmp_path):
+    (tmp_path / "stats.json").write_text('{"records": {}}\n')
+    with pytest.raises(InputError, match=r"stats.json: not a stats.json written by"):
+        read_stats_report(tmp_path)
+
+
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "instructgen.cli", *args],
@@ -276,4 +346,12 @@ def test_build_command_reports_bad_input_in_one_line(inputs, tmp_path):
     done = cli("build", str(inputs["responses"]), *args, "-o", str(tmp_path / "out"))
     assert done.returncode == 1
     assert "missing.jsonl: no such file" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_stats_command_reports_a_malformed_stats_json_in_one_line(tmp_path):
+    (tmp_path / "stats.json").write_text('{"records": {"detail": 1}}\n')
+    done = cli("stats", str(tmp_path / "stats.json"))
+    assert done.returncode == 1
+    assert "not a stats.json written by `instructgen build`" in done.stderr
     assert "Traceback" not in done.stderr

@@ -76,6 +76,19 @@ def test_output_is_deterministic(test_data, tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
+def test_build_labels_template_records_and_names_the_baseline_in_stats(test_data, tmp_path):
+    requests = test_data / "build_requests.jsonl"
+    write_template_responses(requests, tmp_path / "responses.jsonl")
+    build(
+        tmp_path / "responses.jsonl", requests, test_data / "build_contexts.jsonl", tmp_path / "o"
+    )
+    records = json.loads((tmp_path / "o" / "llava_instruct.json").read_text())
+    assert len(records) == 18
+    assert all(r["backend"] == "template" for r in records)
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats["models"] == {"template-baseline": 18}
+
+
 def test_request_without_captions_becomes_an_error_line_that_build_quarantines(test_data, tmp_path):
     requests = tmp_path / "requests.jsonl"
     lines = (test_data / "build_requests.jsonl").read_text().splitlines()
