@@ -694,7 +694,7 @@ def main() -> None:
     """Console-script entry point: run the app, turning user errors into one red line."""
     try:
         app()
-    except InstructgenError as e:
+    except (InstructgenError, OSError) as e:  # OSError: disk full, permissions, a folder in the way
         # escape: messages quote user text and commands such as `pip install -e '.[train]'`
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -183,3 +183,11 @@ def test_annotation_missing_a_field_is_an_error_naming_it(test_data, tmp_path):
 def test_instances_file_given_as_captions_says_so(test_data, tmp_path):
     with pytest.raises(InputError, match="is this an instances file"):
         write_contexts(test_data / INSTANCES, tmp_path / "out.jsonl")
+
+
+def test_a_folder_in_the_way_of_the_output_is_one_line_not_a_traceback(test_data, tmp_path):
+    out = tmp_path / "contexts.jsonl"
+    out.mkdir()
+    result = run_cli("coco", "--captions", str(test_data / CAPTIONS), "-o", str(out))
+    assert result.returncode == 1 and "Is a directory" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
