@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from review_support import add_xss_record, copy_sources, csrf_of, imported
 
 from instructgen.review import store
-from instructgen.review.app import create_app, safe_image_path
+from instructgen.review.app import create_app, loopback_hosts, safe_image_path
 
 
 @pytest.fixture
@@ -191,3 +191,18 @@ def test_a_foreign_host_header_is_refused_when_hosts_are_pinned(setup):
     )
     assert pinned.get("/").status_code == 200
     assert pinned.get("/", headers={"host": "attacker.example"}).status_code == 400
+
+
+def test_every_loopback_bind_address_pins_the_host_header():
+    assert loopback_hosts("::1") == ["[::1]", "localhost", "127.0.0.1"]
+    assert loopback_hosts("127.0.0.2") == ["127.0.0.2", "localhost", "127.0.0.1", "[::1]"]
+    assert loopback_hosts("localhost") == ["localhost", "127.0.0.1", "[::1]"]
+    assert loopback_hosts("0.0.0.0") is None and loopback_hosts("review.lan") is None
+
+
+def test_an_ipv6_loopback_server_answers_its_own_names_and_refuses_others(setup):
+    tmp_path, _ = setup
+    pinned = TestClient(create_app(tmp_path / "review.sqlite", None, loopback_hosts("::1")))
+    for host in ("[::1]:8765", "localhost:8765", "127.0.0.1:8765"):
+        assert pinned.get("/", headers={"host": host}).status_code == 200
+    assert pinned.get("/", headers={"host": "attacker.example:8765"}).status_code == 400

@@ -87,6 +87,49 @@ def test_the_source_files_are_never_modified(conn, sources):
     assert digest() == before
 
 
+def test_records_without_custom_id_keep_their_review_when_one_is_inserted_before_them(
+    conn, sources
+):
+    # LLaVA's public llava_instruct_150k.json has no custom_id: only id and conversations
+    records = [
+        {k: v for k, v in r.items() if k not in ("custom_id", "task")}
+        for r in json.loads(sources.records.read_text())
+    ]
+    sources.records.write_text(json.dumps(records))
+    store.import_sources(conn, sources)
+    key = conn.execute("SELECT key FROM records WHERE seq = 5").fetchone()[0]
+    store.decide(conn, key, "rejected", "hallucination")
+    store.edit_turn(conn, key, 1, "Two pairs of scissors.")
+    newcomer = records[0] | {"conversations": records[1]["conversations"][::-1]}
+    sources.records.write_text(json.dumps([newcomer, *records]))
+    store.import_sources(conn, sources)
+    view = store.get_record(conn, key)
+    assert (view.seq, view.status, view.turns[1].value) == (6, "rejected", "Two pairs of scissors.")
+    assert queries.count(conn, queries.Filters(status="rejected")) == 1
+
+
+def test_a_duplicate_quarantined_response_keeps_its_rescue_when_lines_move(conn, sources):
+    def duplicate(raw: str) -> str:
+        return json.dumps({"custom_id": "coco-183872-detail", "reason": "duplicate", "raw": raw})
+
+    lines = sources.quarantine.read_text().splitlines()
+    sources.quarantine.write_text("\n".join([*lines, duplicate("A dog."), duplicate("A cat.")]))
+    store.import_sources(conn, sources)
+    cat = conn.execute("SELECT key FROM records WHERE seq = 14").fetchone()[0]
+    store.rescue(conn, cat, "Question: What is it?\nAnswer: A cat.")
+    sources.quarantine.write_text("\n".join([duplicate("A cat."), duplicate("A dog."), *lines]))
+    store.import_sources(conn, sources)
+    view = store.get_record(conn, cat)
+    assert view.quarantine.raw == "A cat." and view.rescued
+
+
+def test_a_context_repeated_for_one_image_names_both_lines(tmp_path, sources):
+    lines = sources.contexts.read_text().splitlines()
+    sources.contexts.write_text("\n".join([*lines, lines[1]]) + "\n")
+    with pytest.raises(InputError, match=r"review_contexts.jsonl:5: image_id 70133 .* on line 2"):
+        imported(tmp_path / "other.sqlite", sources)
+
+
 def test_a_repeated_custom_id_is_an_input_error_naming_it(tmp_path, sources):
     records = json.loads(sources.records.read_text())
     sources.records.write_text(json.dumps([*records, records[3]]))
@@ -326,6 +369,39 @@ def test_export_writes_accepted_records_with_edits_applied(conn, tmp_path):
             {"from": "gpt", "value": "A kite in a blue sky."},
         ],
     }
+
+
+def test_a_rescue_outlives_a_rebuild_that_parses_the_response_and_keeps_its_reason(conn, sources):
+    store.rescue(conn, "coco-419474-detail", "Question: Describe it.\nAnswer: A kite.")
+    store.decide(conn, "coco-419474-detail", "accepted")
+    records = json.loads(sources.records.read_text())
+    parsed = records[1] | {"id": "000000419474", "custom_id": "coco-419474-detail"}
+    sources.records.write_text(json.dumps([*records, parsed]))
+    sources.quarantine.write_text(sources.quarantine.read_text().splitlines()[1] + "\n")
+    store.import_sources(conn, sources)
+    [rec], _ = store.exported_records(conn, "accepted")
+    assert rec["flags"] == ["rescued:finish_length"]
+    assert rec["conversations"][1] == {"from": "gpt", "value": "A kite."}
+
+
+def test_a_store_from_before_rescue_reasons_takes_them_from_its_records(conn, tmp_path):
+    store.rescue(conn, "coco-419474-detail", "Question: Describe it.\nAnswer: A kite.")
+    conn.execute("ALTER TABLE rescues DROP COLUMN reason")
+    conn.close()
+    reopened = store.open_store(tmp_path / "review.sqlite")
+    records, _ = _export_all(reopened)
+    assert records["coco-419474-detail"]["flags"] == ["rescued:finish_length"]
+
+
+def test_export_leaves_out_rescued_responses_without_an_image_id(conn, sources):
+    lost = {"custom_id": "batch-7", "reason": "unparseable", "raw": "A kite."}
+    with sources.quarantine.open("a") as f:
+        f.write(json.dumps(lost) + "\n")
+    store.import_sources(conn, sources)
+    store.rescue(conn, "batch-7", "Question: What flies?\nAnswer: A kite.")
+    store.decide(conn, "batch-7", "accepted")
+    records, report = store.exported_records(conn, "accepted")
+    assert records == [] and report.without_image == 1
 
 
 def test_export_of_all_leaves_out_quarantined_responses_never_rescued(conn):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,20 @@ def test_train_without_the_extra_says_how_to_install(tmp_path):
     assert done.returncode == 1
     assert "pip install -e '.[train]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_data_file_for_the_other_stage_is_one_line_before_any_model_loads(tmp_path, test_data):
+    # stage 1's plain template takes one exchange; train_instruct.json has dialogues. The towers
+    # do not exist: the data must be refused before they are looked for.
+    args = ["train", "--stage", "1", "--data", str(test_data / "train_instruct.json")]
+    args += ["--images", str(test_data / "train_images"), "-o", str(tmp_path / "out")]
+    args += ["--vision", str(tmp_path / "no-vision"), "--llm", str(tmp_path / "no-llm")]
+    argv = ["instructgen", *args]
+    code = f"import sys; sys.argv = {argv!r}; from instructgen.cli import main; main()"
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert "train_instruct.json: record id 000000183872: template plain takes one" in line

@@ -7,6 +7,7 @@ captions are untrusted: Jinja autoescapes everything and no data is marked safe.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 import sqlite3
@@ -292,10 +293,24 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def loopback_hosts(host: str) -> list[str] | None:
+    """The Host header names a server bound to `host` answers, if `host` is loopback; else None.
+
+    A page on another site that rebinds its name to a loopback address sends its own name.
+    """
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return None
+        except ValueError:  # a host name other than localhost
+            return None
+    bound = f"[{host}]" if ":" in host else host
+    return list(dict.fromkeys([bound, "localhost", "127.0.0.1", "[::1]"]))
+
+
 def serve(db: Path, images: Path | None, host: str, port: int) -> None:
     """Run the review app with uvicorn until interrupted."""
     import uvicorn
 
-    # a page on another site that rebinds its name to 127.0.0.1 sends its own Host header
-    allowed = ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else None
-    uvicorn.run(create_app(db, images, allowed), host=host, port=port, log_level="warning")
+    app = create_app(db, images, loopback_hosts(host))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

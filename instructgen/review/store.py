@@ -10,7 +10,8 @@ Plain tables, readable with any SQLite tool:
   that filtered scans stay small).
 - `record_flags(flag, seq)` and `records_fts` (FTS5): the flag and free-text filters.
 - `decisions(key, status, reason, decided_at)`, `edits(key, turn, value, edited_at)`,
-  `rescues(key, conversations, rescued_at)`: the review itself, keyed by record.
+  `rescues(key, conversations, rescued_at, reason)`: the review itself, keyed by record
+  (its custom_id; without one, its id and a hash of its content).
 
 Sources are imported once; when a source file changes, records and contexts are re-imported
 and the review tables, keyed by record, are kept. The source files are only read.
@@ -18,6 +19,7 @@ and the review tables, keyed by record, are kept. The source files are only read
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -57,7 +59,14 @@ CREATE TABLE IF NOT EXISTS edits (
   key TEXT NOT NULL, turn INTEGER NOT NULL, value TEXT NOT NULL, edited_at TEXT NOT NULL,
   PRIMARY KEY (key, turn));
 CREATE TABLE IF NOT EXISTS rescues (
-  key TEXT PRIMARY KEY, conversations TEXT NOT NULL, rescued_at TEXT NOT NULL);
+  key TEXT PRIMARY KEY, conversations TEXT NOT NULL, rescued_at TEXT NOT NULL,
+  reason TEXT NOT NULL);
+"""
+# stores made before rescues kept their quarantine reason: take it from the records
+_ADD_RESCUE_REASON = """
+ALTER TABLE rescues ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+UPDATE rescues SET reason = coalesce(
+  (SELECT quarantine_reason FROM records r WHERE r.key = rescues.key), 'unknown');
 """
 
 
@@ -156,6 +165,8 @@ def open_store(db: Path) -> sqlite3.Connection:
         conn = connect(db)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)
+        if "reason" not in {c[1] for c in conn.execute("PRAGMA table_info(rescues)")}:
+            conn.executescript(_ADD_RESCUE_REASON)
         conn.execute(
             "INSERT OR IGNORE INTO meta VALUES ('csrf_token', ?)", (secrets.token_urlsafe(32),)
         )
@@ -208,15 +219,34 @@ def _image_id(custom_id: str, fallback: object) -> int | None:
     return int(fallback) if str(fallback).isdigit() else None
 
 
+def _content_key(prefix: str, content: str, taken: set[str]) -> str:
+    """`prefix#<sha1 of content>`: follows its row when rows move; `~2`, `~3` on exact copies."""
+    key = f"{prefix}#{hashlib.sha1(content.encode()).hexdigest()[:12]}"
+    n = 1
+    while (f"{key}~{n}" if n > 1 else key) in taken:
+        n += 1
+    return f"{key}~{n}" if n > 1 else key
+
+
 def _read_records(path: Path) -> list[tuple]:
-    """Rows (key, custom_id, image_id, task, quarantine_reason, flags, snippet, original, text)."""
+    """Rows (key, custom_id, image_id, task, quarantine_reason, flags, snippet, original, text).
+
+    A record without a custom_id (LLaVA's public files) is keyed by its id and content, so
+    that its decisions stay with it when records are inserted or removed before it.
+    """
     data = read_json(path)
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON list of records (llava_instruct.json)")
     rows = []
+    content_keys: set[str] = set()
     for i, raw in enumerate(data):
         rec = _check_record(raw, f"{path}: record {i}")
-        cid = str(rec.get("custom_id") or f"{rec['id']}#{i}")
+        cid = rec.get("custom_id")
+        if not cid:
+            content = json.dumps([rec["id"], rec["conversations"]], sort_keys=True)
+            cid = _content_key(str(rec["id"]), content, content_keys)
+            content_keys.add(cid)
+        cid = str(cid)
         parsed = split_custom_id(cid)
         task = str(rec.get("task") or (parsed[1] if parsed else "unknown"))
         flags = [str(f) for f in rec.get("flags") or []]
@@ -236,12 +266,12 @@ def _read_quarantine(path: Path, taken: set[str]) -> list[tuple]:
         if missing:
             raise InputError(f"{where}: quarantine line without {', '.join(missing)}")
         cid = str(q["custom_id"])
-        # a duplicate response shares its custom_id with a record: give it its own key
-        key = cid if cid not in taken else f"{cid}~{lineno}"
+        raw = str(q.get("raw") or "")
+        # a duplicate response shares its custom_id with a record: key it by its text
+        key = cid if cid not in taken else _content_key(cid, raw, taken)
         parsed = split_custom_id(cid)
         task = str(q.get("task") or (parsed[1] if parsed else "unknown"))
         image_id = q.get("image_id", parsed[0] if parsed else None)
-        raw = str(q.get("raw") or "")
         text = " ".join([cid, str(q["reason"]), str(q.get("detail") or ""), raw])
         snippet = _snippet(str(q.get("detail") or ""), raw)
         rows.append((key, cid, image_id, task, str(q["reason"]), [], snippet, q, text))
@@ -250,7 +280,17 @@ def _read_quarantine(path: Path, taken: set[str]) -> list[tuple]:
 
 
 def _read_contexts(path: Path) -> list[ImageContext]:
-    return [ImageContext.from_json(obj, f"{path}:{n}") for n, obj in iter_jsonl(path)]
+    contexts, first_line = [], {}
+    for n, obj in iter_jsonl(path):
+        context = ImageContext.from_json(obj, f"{path}:{n}")
+        if context.image_id in first_line:
+            raise InputError(
+                f"{path}:{n}: image_id {context.image_id} is already on line "
+                f"{first_line[context.image_id]}; keep one context per image"
+            )
+        first_line[context.image_id] = n
+        contexts.append(context)
+    return contexts
 
 
 def import_sources(conn: sqlite3.Connection, sources: Sources) -> ImportReport:
@@ -364,21 +404,28 @@ def with_image_token(text: str, where: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Review:
-    """What a person did to one record: a rescue's turns and edited turn texts."""
+    """What a person did to one record: a rescue's turns and the quarantine reason it fixed,
+    and edited turn texts."""
 
     rescue: list[dict] | None
+    rescue_reason: str
     edits: dict[int, str]
 
 
 def _reviews(conn: sqlite3.Connection, key: str | None = None) -> dict[str, _Review]:
     """Rescues and edits, of one record or (key None) of all; few rows next to the records."""
     where, params = ("WHERE key = ?", [key]) if key is not None else ("", [])
-    rescues = dict(conn.execute(f"SELECT key, conversations FROM rescues {where}", params))
+    rescues = {
+        k: (json.loads(conv), reason)
+        for k, conv, reason in conn.execute(
+            f"SELECT key, conversations, reason FROM rescues {where}", params
+        )
+    }
     edits: dict[str, dict[int, str]] = {}
     for k, turn, value in conn.execute(f"SELECT key, turn, value FROM edits {where}", params):
         edits.setdefault(k, {})[turn] = value
     return {
-        k: _Review(json.loads(rescues[k]) if k in rescues else None, edits.get(k, {}))
+        k: _Review(*rescues.get(k, (None, "")), edits.get(k, {}))
         for k in rescues.keys() | edits.keys()
     }
 
@@ -387,7 +434,7 @@ def _conversation(
     original: dict, quarantined: bool, review: _Review | None
 ) -> tuple[list[dict] | None, set[int]]:
     """The current turns (source or rescue, with edits applied) and the edited turn indexes."""
-    review = review or _Review(None, {})
+    review = review or _Review(None, "", {})
     if review.rescue is not None:
         conv = [dict(t) for t in review.rescue]
     elif quarantined:
@@ -533,7 +580,8 @@ def rescue(conn: sqlite3.Connection, key: str, text: str) -> None:
     try:
         conn.execute("DELETE FROM edits WHERE key = ?", (key,))
         conn.execute(
-            "INSERT OR REPLACE INTO rescues VALUES (?, ?, ?)", (key, json.dumps(conv), _now())
+            "INSERT OR REPLACE INTO rescues VALUES (?, ?, ?, ?)",
+            (key, json.dumps(conv), _now(), view.quarantine.reason),
         )
         conn.execute("COMMIT")
     except BaseException:
@@ -553,6 +601,7 @@ class ExportReport:
     rescued: int
     not_rescued: int
     duplicates: int
+    without_image: int
 
 
 def exported_records(
@@ -561,7 +610,8 @@ def exported_records(
     """Records with `status` ("all" for every one) in LLaVA format, edits applied, in order.
 
     Edited records get the flag `edited`; rescued ones `rescued:<reason>`. Quarantined
-    responses never rescued have no turns and are left out (counted in `not_rescued`).
+    responses never rescued have no turns and are left out (counted in `not_rescued`), so are
+    rescued ones with no image id, which cannot be trained on (`without_image`).
     """
     if status not in EXPORT_STATUSES:
         raise ReviewError(f"unknown status {status!r}; use one of {', '.join(EXPORT_STATUSES)}")
@@ -573,7 +623,7 @@ def exported_records(
         f" LEFT JOIN contexts c USING (image_id) WHERE {where} ORDER BY r.seq"
     )
     out, seen, reviews = [], set(), _reviews(conn)
-    edited = rescued = not_rescued = duplicates = 0
+    edited = rescued = not_rescued = duplicates = without_image = 0
     for r in conn.execute(sql, params):
         original = json.loads(r["original"])
         quarantined = r["quarantine_reason"] is not None
@@ -581,6 +631,9 @@ def exported_records(
         conv, edited_turns = _conversation(original, quarantined, review)
         if conv is None:
             not_rescued += 1
+            continue
+        if quarantined and r["image_id"] is None:
+            without_image += 1
             continue
         if r["custom_id"] in seen:
             duplicates += 1
@@ -598,14 +651,15 @@ def exported_records(
         else:
             rec = dict(original)
         flags = list(rec.get("flags") or [])
+        # a rescue outlives a rebuild that parses the response: the person accepted its turns
         if review and review.rescue is not None:
-            flags.append(f"rescued:{r['quarantine_reason']}")
+            flags.append(f"rescued:{review.rescue_reason}")
             rescued += 1
         if edited_turns:
             flags.append("edited")
             edited += 1
         out.append(rec | {"conversations": conv, "flags": flags})
-    return out, ExportReport(len(out), edited, rescued, not_rescued, duplicates)
+    return out, ExportReport(len(out), edited, rescued, not_rescued, duplicates, without_image)
 
 
 def export(db: Path, output: Path, status: str = "accepted") -> ExportReport:

@@ -154,6 +154,16 @@ def template_pieces(record: TrainRecord, template: str) -> list[Piece]:
     raise InputError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
 
 
+def check_template(records: Sequence[TrainRecord], template: str, source: Path) -> None:
+    """Lay out every record in `template` once, so that a data file meant for the other stage
+    fails before the model is built, not later inside a data-loading worker."""
+    for record in records:
+        try:
+            template_pieces(record, template)
+        except InputError as e:
+            raise InputError(f"{source}: {e}") from None
+
+
 def chat_prompt_pieces(question: str, template: str, has_image: bool) -> list[Piece]:
     """The prompt a trained model continues: one question in the template it was trained on."""
     text = question if IMAGE_TOKEN in question or not has_image else f"{IMAGE_TOKEN}\n{question}"

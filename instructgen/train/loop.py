@@ -22,7 +22,13 @@ from transformers import get_cosine_schedule_with_warmup
 
 from instructgen.errors import InputError
 from instructgen.files import read_json, write_json
-from instructgen.train.data import TEMPLATES, LlavaDataset, collate, read_records
+from instructgen.train.data import (
+    TEMPLATES,
+    LlavaDataset,
+    check_template,
+    collate,
+    read_records,
+)
 from instructgen.train.export import (
     TrainedWith,
     export_model,
@@ -143,6 +149,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     say = echo if accelerator.is_main_process else (lambda _: None)
 
     records = read_records(cfg.data, cfg.images)
+    check_template(records, meta.template, cfg.data)
     tokenizer = load_tokenizer(meta.llm)
     processor = load_image_processor(meta.vision)
     train_llm = cfg.stage == 2 and not cfg.freeze_llm and not cfg.lora_rank
