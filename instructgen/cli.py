@@ -154,7 +154,7 @@ def estimate(
 def _seconds(value: float) -> float:
     """A duration option: more than 0 seconds."""
     if value <= 0:
-        raise typer.BadParameter(f"{value:g} is not more than 0 seconds")
+        raise typer.BadParameter(f"must be more than 0 seconds, not {value:g}")
     return value
 
 

@@ -11,7 +11,8 @@ can be exact: a socket closed mid-body, a body cut short, a reply that never com
 - Faults are deterministic. A user message containing `[[faults: 500, drop]]` gets a 500 on its
   first admitted attempt, a dropped connection on its second, and a normal answer after.
   `fault_rate` adds seeded faults keyed on (request, attempt) for the benchmark.
-- `/v1/files` and `/v1/batches` run a Batch API job that completes after `batch_polls` polls.
+- `/v1/files` and `/v1/batches` run a Batch API job that completes after `batch_polls` polls;
+  the first `batch_failures` batches fail instead, as one over the enqueued token limit does.
 - `GET /_stats` reports what was answered; in-process users read `server.stats()`.
 
 Run standalone: `python tests/openai_server.py --port 8765 --rpm 6000 --latency 0.2`.
@@ -61,6 +62,7 @@ class ServerConfig:
     fault_rate: float = 0.0  # share of (request, attempt) pairs given a seeded fault
     fault_seed: str = "instructgen"
     batch_polls: int = 2  # batch retrievals before a batch completes
+    batch_failures: int = 0  # the first this many batches fail validation, answering nothing
     api_key: str | None = None  # when set, any other bearer token gets a 401
 
 
@@ -400,7 +402,13 @@ class OpenAITestServer:
         if batch is None:
             return _error(404, f"No such batch: {batch_id}", "not_found")
         batch["_polls"] += 1
-        if batch["status"] == "validating":
+        if batch["status"] == "validating" and int(batch_id.removeprefix("batch_test")) <= (
+            self.config.batch_failures
+        ):
+            error = {"code": "token_limit_exceeded", "message": "Enqueued token limit reached."}
+            batch["status"] = "failed"
+            batch["errors"] = {"object": "list", "data": [error | {"line": None, "param": None}]}
+        elif batch["status"] == "validating":
             lines = self.files[batch["input_file_id"]][1].decode().splitlines()
             batch["status"] = "in_progress"
             batch["request_counts"]["total"] = sum(1 for line in lines if line.strip())

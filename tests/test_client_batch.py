@@ -126,3 +126,69 @@ def test_requests_are_split_into_batches_within_the_size_limit(tmp_path, monkeyp
     write_chat_requests(requests, 5)
     monkeypatch.setattr(batch_api, "MAX_BATCH_REQUESTS", 2)
     assert [len(c) for c in batch_api.chunks(load_requests(requests))] == [2, 2, 1]
+
+
+def test_a_job_interrupted_between_two_uploads_sends_the_rest_on_rerun(tmp_path, server):
+    requests = tmp_path / "requests.jsonl"
+    write_chat_requests(requests, 5)
+    index = load_requests(requests)
+    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
+    with Journal(tmp_path / "journal.sqlite") as journal:  # killed after the first upload
+        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
+        batch_api._submit(client, journal, requests, index[:2])
+    summary, lines, _ = run_batch(tmp_path, server, n=5)
+    assert [x["custom_id"] for x in lines] == [f"coco-{i}-conversation" for i in range(5)]
+    assert summary.done == 5
+    assert len(server.batches) == 2
+
+
+def test_a_failed_batch_writes_no_responses_file_and_a_rerun_sends_its_requests(tmp_path):
+    server = OpenAITestServer(ServerConfig(batch_polls=2, batch_failures=1)).start_in_thread()
+    try:
+        with pytest.raises(InstructgenError, match=r"not written: 3 of 3 .*rerun"):
+            run_batch(tmp_path, server, n=3)
+        assert not (tmp_path / "responses.jsonl").exists()
+        summary, lines, _ = run_batch(tmp_path, server, n=3)
+    finally:
+        server.stop()
+    assert summary.done == 3 and len(lines) == 3
+    assert [b["status"] for b in server.batches.values()] == ["failed", "completed"]
+
+
+def test_resend_changed_sends_a_changed_done_request_again_through_a_batch(tmp_path, server):
+    run_batch(tmp_path, server, n=2)
+    requests = tmp_path / "requests.jsonl"
+    write_chat_requests(requests, 2, max_tokens=100)  # both lines changed
+    summary = batch_api.run_batch(
+        requests,
+        tmp_path / "responses.jsonl",
+        tmp_path / "journal.sqlite",
+        server.base_url,
+        0.01,
+        Console(file=io.StringIO()),
+        KEY,
+        resend_changed=True,
+    )
+    assert summary.done == 2 and summary.sent == 2
+    assert len(server.batches) == 2
+
+
+def test_changing_a_request_while_its_batch_is_open_is_refused(tmp_path, server):
+    requests = tmp_path / "requests.jsonl"
+    write_chat_requests(requests, 2)
+    index = load_requests(requests)
+    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
+        batch_api._submit(client, journal, requests, index)
+    write_chat_requests(requests, 2, max_tokens=100)
+    with pytest.raises(InstructgenError, match="coco-0-conversation.*batch"):
+        batch_api.run_batch(
+            requests,
+            tmp_path / "responses.jsonl",
+            tmp_path / "journal.sqlite",
+            server.base_url,
+            0.01,
+            Console(file=io.StringIO()),
+            KEY,
+        )

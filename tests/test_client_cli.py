@@ -128,3 +128,24 @@ def test_a_bad_requests_file_is_one_error_line_not_a_traceback(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "requests.jsonl:1:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--rpm", "0"),
+        ("--tpm", "0"),
+        ("--rpm", "-5"),
+        ("--max-in-flight", "0"),
+        ("--max-attempts", "0"),
+        ("--timeout", "0"),
+        ("--poll-interval", "-1"),
+    ],
+)
+def test_a_budget_or_duration_that_is_not_positive_is_a_usage_error(tmp_path, option, value):
+    requests = tmp_path / "requests.jsonl"
+    write_chat_requests(requests, 1)
+    proc = cli(requests, "--dry-run", option, value)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert option in err and "Traceback" not in err

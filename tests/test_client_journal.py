@@ -70,3 +70,21 @@ def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
     bad.write_text("not a database" * 100)
     with pytest.raises(InputError, match="not a usable journal"):
         Journal(bad)
+
+
+def test_a_request_changed_while_a_batch_holds_it_is_refused_naming_it(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.sync(REQS, resend_changed=False)
+        j.add_batch("file-1", "/v1/chat/completions", ["coco-1-detail"])
+        changed = [("coco-1-detail", 1, "zzz"), *REQS[1:]]
+        for resend_changed in (False, True):  # the batch would answer the old request
+            with pytest.raises(InputError, match="coco-1-detail.*batch"):
+                j.sync(changed, resend_changed=resend_changed)
+
+
+def test_unfinished_lists_pending_and_in_flight_requests_in_file_order(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.sync(REQS, resend_changed=False)
+        j.finish("coco-1-detail", Outcome("failed", 400, error_code="http_400", error_message="x"))
+        j.start_attempt("coco-3-detail")
+        assert j.unfinished() == ["coco-2-detail", "coco-3-detail"]

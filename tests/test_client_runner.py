@@ -11,7 +11,12 @@ from openai_server import OpenAITestServer, ServerConfig, write_chat_requests
 from rich.console import Console
 
 from instructgen.client.pricing import cost_usd
-from instructgen.client.runner import RunConfig, load_requests, run_requests
+from instructgen.client.runner import (
+    ASSUMED_COMPLETION_TOKENS,
+    RunConfig,
+    load_requests,
+    run_requests,
+)
 from instructgen.errors import InputError
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -201,6 +206,36 @@ def test_a_duplicate_custom_id_is_an_error_naming_both_lines(tmp_path):
         ('{"url": "/v1/chat/completions", "body": {}}', "missing custom_id"),
         ('{"custom_id": "a", "url": "/v1/chat/completions", "body": {"model": "m"}}', "messages"),
         ('{"custom_id": "a", "url": "chat", "body": {"model": "m", "messages": []}}', "url"),
+        (
+            '{"custom_id": "a", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": [], "max_tokens": "x"}}',
+            "a: body.max_tokens must be a positive integer",
+        ),
+        (
+            '{"custom_id": "a", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": [], "max_completion_tokens": 1.5}}',
+            "max_completion_tokens must be a positive integer",
+        ),
+        (
+            '{"custom_id": "a", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": ["hi"]}}',
+            r"a: body.messages\[0\] must be an object with a role and a content",
+        ),
+        (
+            '{"custom_id": "a", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": [{"role": "user"}]}}',
+            r"messages\[0\] must be an object with a role and a content",
+        ),
+        (
+            '{"custom_id": "a", "url": "/v1/chat/completions", '
+            '"body": {"model": "m", "messages": [{"role": "user", "content": 5}]}}',
+            r"messages\[0\].content must be a string or a list of parts",
+        ),
+        (
+            '{"custom_id": "a", "url": "/v1/chat/completions", "body": {"model": "m", '
+            '"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}}',
+            r"messages\[0\].content must be a string or a list of parts",
+        ),
     ],
 )
 def test_a_bad_request_line_is_an_error_naming_file_and_line(tmp_path, line, message):
@@ -217,3 +252,14 @@ def test_token_cost_of_a_request_is_its_messages_plus_max_tokens(tmp_path):
     (req,) = load_requests(path)
     assert req.max_tokens == 300
     assert req.tokens == req.prompt_tokens + 300 and req.prompt_tokens > 10
+
+
+def test_a_request_may_give_multimodal_content_parts_and_no_max_tokens(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    content = [{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {}}]
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
+    line = {"custom_id": "a", "url": "/v1/chat/completions", "body": body}
+    path.write_text(json.dumps(line) + "\n")
+    (req,) = load_requests(path)
+    assert req.max_tokens == ASSUMED_COMPLETION_TOKENS
+    assert req.prompt_tokens > 3

@@ -79,18 +79,24 @@ def run_batch(
     poll_interval_s: float,
     console: Console,
     key: str,
+    resend_changed: bool = False,
 ) -> RunSummary:
-    """Run the not-done requests as Batch API batches; write responses.jsonl when collected."""
+    """Run the not-done requests as Batch API batches; write responses.jsonl when collected.
+
+    Raises InstructgenError, writing no responses.jsonl, while a request has no result (its
+    batch failed or expired): a rerun sends it again.
+    """
     started = time.monotonic()
     index = load_requests(requests_path)
     client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=5)
     with Journal(journal_path) as journal:
-        journal.sync(((r.custom_id, r.line, r.sha256) for r in index), resend_changed=False)
+        journal.sync(((r.custom_id, r.line, r.sha256) for r in index), resend_changed)
         skipped = journal.counts().done
         try:
-            if not journal.open_batches():
-                todo = set(journal.todo())
-                _submit(client, journal, requests_path, [r for r in index if r.custom_id in todo])
+            # todo() leaves out what open batches hold: this sends only what none holds, such
+            # as the rest of a job whose upload was interrupted after its first batch
+            todo = set(journal.todo())
+            _submit(client, journal, requests_path, [r for r in index if r.custom_id in todo])
             _adopt_or_create(client, journal)
             _poll(client, journal, {r.custom_id: r.model for r in index}, poll_interval_s, console)
         except openai.APIError as e:

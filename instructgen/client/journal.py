@@ -121,26 +121,36 @@ class Journal:
         """Make the journal match the input: (custom_id, line, sha256) per request.
 
         New ids start pending; rows left in flight by a killed run become pending again (unless
-        a Batch API batch holds them). A done request whose hash changed is refused unless
-        `resend_changed`, which sends it again. Returns the number of changed requests reset.
+        a Batch API batch holds them). A request changed while a batch holds it is refused; a
+        done request whose hash changed is refused unless `resend_changed`, which sends it
+        again. Returns the number of changed requests reset.
         """
         known = {
-            cid: (sha, status)
-            for cid, sha, status in self.db.execute(
-                "SELECT custom_id, request_sha256, status FROM requests"
+            cid: (sha, status, batch)
+            for cid, sha, status, batch in self.db.execute(
+                "SELECT custom_id, request_sha256, status, batch_input_file FROM requests"
             )
         }
-        inserts, moves, resets, conflicts = [], [], [], []
+        inserts, moves, resets, conflicts, held = [], [], [], [], []
         now = _now()
         for cid, line, sha in requests:
             if cid not in known:
                 inserts.append((cid, line, sha, now, now))
             elif known[cid][0] == sha:
                 moves.append((line, cid))
+            elif known[cid][2] is not None:
+                held.append(cid)
             elif known[cid][1] == "done" and not resend_changed:
                 conflicts.append(cid)
             else:
                 resets.append((line, sha, now, cid))
+        if held:
+            # the batch would answer the old request: its result must not land on the new one
+            raise InputError(
+                f"{self.path}: {len(held)} request(s) changed while a Batch API batch holds "
+                f"them (first: {', '.join(held[:3])}); rerun `run --batch-api` with the "
+                "requests file as it was to collect the batch, then change the requests"
+            )
         if conflicts:
             raise InputError(
                 f"{self.path}: {len(conflicts)} request(s) already done have changed in the "
@@ -173,6 +183,14 @@ class Journal:
         rows = self.db.execute(
             "SELECT custom_id FROM requests WHERE line IS NOT NULL AND status != 'done' "
             "AND batch_input_file IS NULL ORDER BY line"
+        )
+        return [cid for (cid,) in rows]
+
+    def unfinished(self) -> list[str]:
+        """Custom ids of the input still pending or in flight, in file order."""
+        rows = self.db.execute(
+            "SELECT custom_id FROM requests WHERE line IS NOT NULL "
+            "AND status IN ('pending', 'in_flight') ORDER BY line"
         )
         return [cid for (cid,) in rows]
 

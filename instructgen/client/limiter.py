@@ -58,7 +58,6 @@ class RateBudget:
         self.requests = TokenBucket(rpm, now)
         self.tokens = TokenBucket(tpm, now)
         self.paused_until = now
-        self.pauses = 0  # 429s that paused the client
         self._turn = asyncio.Lock()
 
     @property
@@ -100,7 +99,6 @@ class RateBudget:
     def pause(self, seconds: float) -> None:
         """After a 429: every sender waits `seconds`, and the buckets restart empty."""
         now = self.clock()
-        self.pauses += 1
         self.paused_until = max(self.paused_until, now + seconds)
         for bucket in (self.requests, self.tokens):
             bucket.refill(now)

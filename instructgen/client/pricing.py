@@ -29,6 +29,13 @@ PRICES: dict[str, Price] = {
     "gpt-4.1-mini": Price(0.40, 0.10, 1.60),
     "gpt-4.1-nano": Price(0.10, 0.025, 0.40),
     "gpt-4-turbo": Price(10.00, 10.00, 30.00),
+    # GPT-4 Turbo's preview snapshots: named gpt-4-*, priced as gpt-4-turbo, not as gpt-4
+    "gpt-4-turbo-preview": Price(10.00, 10.00, 30.00),
+    "gpt-4-1106-preview": Price(10.00, 10.00, 30.00),
+    "gpt-4-0125-preview": Price(10.00, 10.00, 30.00),
+    "gpt-4-vision-preview": Price(10.00, 10.00, 30.00),
+    "gpt-4-1106-vision-preview": Price(10.00, 10.00, 30.00),
+    "gpt-4-32k": Price(60.00, 60.00, 120.00),
     "gpt-4": Price(30.00, 30.00, 60.00),
     "gpt-4-0314": Price(30.00, 30.00, 60.00),
     "gpt-3.5-turbo": Price(0.50, 0.50, 1.50),

@@ -25,6 +25,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
+from instructgen.client import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RPM,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TPM,
+)
 from instructgen.client.journal import Journal, Outcome
 from instructgen.client.limiter import DEFAULT_PAUSE_S, RateBudget, retry_after_s
 from instructgen.client.pricing import cost_usd, price_for
@@ -32,13 +39,6 @@ from instructgen.errors import InputError, InstructgenError
 from instructgen.files import require_file, write_jsonl
 from instructgen.tokens import TokenCounter
 
-# Defaults for GPT-4o at OpenAI usage tier 2 (platform.openai.com/docs/guides/rate-limits).
-DEFAULT_RPM = 5_000
-DEFAULT_TPM = 450_000
-# Little's law: 450k TPM / ~2k tokens per request ~ 4 req/s x ~20 s per GPT-4o answer ~ 80.
-DEFAULT_MAX_IN_FLIGHT = 100
-DEFAULT_TIMEOUT_S = 120.0  # a long GPT-4-class completion can take a minute or more
-DEFAULT_MAX_ATTEMPTS = 6  # with backoff 1, 2, 4, 8, 16 s: rides out about half a minute
 ASSUMED_COMPLETION_TOKENS = 1024  # charged to the token budget when a request sets no cap
 RETRYABLE_STATUS = {408, 409, 429} | set(range(500, 600))
 
@@ -107,27 +107,12 @@ class RunSummary:
     output_lines: int
 
 
-class _CachedCounter(TokenCounter):
-    """Counts each distinct message text once: few-shot prefixes repeat in every request."""
-
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
-        self._seen: dict[str, int] = {}
-
-    def count(self, text: str) -> int:
-        if text not in self._seen:
-            if len(self._seen) > 50_000:
-                self._seen.clear()
-            self._seen[text] = super().count(text)
-        return self._seen[text]
-
-
 def load_requests(path: Path) -> list[RequestLine]:
     """Index a requests.jsonl (Batch API input format); a bad line raises InputError."""
     require_file(path)
     index: list[RequestLine] = []
     first_line: dict[str, int] = {}
-    counters: dict[str, _CachedCounter] = {}
+    counters: dict[str, TokenCounter] = {}
     offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -147,7 +132,8 @@ def load_requests(path: Path) -> list[RequestLine]:
                 )
             first_line[cid] = lineno
             model = body["model"]
-            counter = counters.setdefault(model, _CachedCounter(model))
+            if model not in counters:
+                counters[model] = TokenCounter(model)
             cap = body.get("max_tokens") or body.get("max_completion_tokens")
             canon = json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()
             index.append(
@@ -159,8 +145,8 @@ def load_requests(path: Path) -> list[RequestLine]:
                     sha256=hashlib.sha256(canon).hexdigest(),
                     model=model,
                     url=obj["url"],
-                    prompt_tokens=counter.count_messages(body.get("messages", [])),
-                    max_tokens=int(cap) if cap else ASSUMED_COMPLETION_TOKENS,
+                    prompt_tokens=counters[model].count_messages(body.get("messages", [])),
+                    max_tokens=cap or ASSUMED_COMPLETION_TOKENS,
                 )
             )
     return index
@@ -180,9 +166,34 @@ def _check_request(obj: object, where: str) -> tuple[str, dict]:
     body = obj.get("body")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise InputError(f"{where}: {cid}: body must be an object with a model name")
-    if url == "/v1/chat/completions" and not isinstance(body.get("messages"), list):
-        raise InputError(f"{where}: {cid}: body.messages must be a list of chat messages")
+    if url == "/v1/chat/completions" or "messages" in body:
+        _check_messages(body.get("messages"), f"{where}: {cid}")
+    for name in ("max_tokens", "max_completion_tokens"):
+        cap = body.get(name)
+        if cap is not None and (type(cap) is not int or cap < 1):
+            raise InputError(f"{where}: {cid}: body.{name} must be a positive integer, not {cap!r}")
     return cid, body
+
+
+def _check_messages(messages: object, where: str) -> None:
+    """Chat messages: a list of objects, each with a string role and a text or parts content."""
+    if not isinstance(messages, list):
+        raise InputError(f"{where}: body.messages must be a list of chat messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
+            raise InputError(
+                f"{where}: body.messages[{i}] must be an object with a role and a content, "
+                f"not {json.dumps(m, ensure_ascii=False)[:80]}"
+            )
+        content = m["content"]
+        parts_ok = isinstance(content, list) and all(
+            isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in content
+        )
+        if not (content is None or isinstance(content, str) or parts_ok):
+            raise InputError(
+                f"{where}: body.messages[{i}].content must be a string or a list of parts "
+                '(objects such as {"type": "text", "text": "..."})'
+            )
 
 
 def estimate(index: list[RequestLine], done: set[str], rpm: float, tpm: float) -> Estimate:
@@ -269,7 +280,18 @@ def response_line(row) -> dict:
 
 
 def export_responses(journal: Journal, output_path: Path) -> int:
-    """Write responses.jsonl atomically from the journal, in input order; return the lines."""
+    """Write responses.jsonl atomically from the journal, in input order; return the lines.
+
+    Refuses while any request of the input has no result yet: a file missing lines would
+    look like a finished run to `make` and to the next stage.
+    """
+    unfinished = journal.unfinished()
+    if unfinished:
+        raise InstructgenError(
+            f"{output_path} not written: {len(unfinished):,} of {journal.counts().total:,} "
+            f"requests have no result yet (first: {', '.join(unfinished[:3])}); "
+            "rerun the same command to send them"
+        )
     return write_jsonl(output_path, (response_line(r) for r in journal.finished_rows()))
 
 
