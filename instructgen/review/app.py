@@ -43,6 +43,20 @@ SECURITY_HEADERS = {
 FilterForm = Annotated[str, Form()]
 
 
+def form_filters(
+    f_task: FilterForm = "",
+    f_status: FilterForm = "",
+    f_flag: FilterForm = "",
+    f_quarantine: FilterForm = "",
+    f_q: FilterForm = "",
+) -> queries.Filters:
+    """The list filters a record page posts back with each change, so "next" keeps them."""
+    return queries.Filters(f_task, f_status, f_flag, f_quarantine, f_q.strip())
+
+
+FormFilters = Annotated[queries.Filters, Depends(form_filters)]
+
+
 def box_color(category: str) -> str:
     """A stable colour per category name, so a category looks the same on every record."""
     return BOX_COLORS[zlib.crc32(category.encode()) % len(BOX_COLORS)]
@@ -205,23 +219,15 @@ def create_app(
         target = queries.neighbour(conn, filters, seq, True) if go_next else None
         return RedirectResponse(_record_url(target or key, filters), status_code=303)
 
-    def form_filters(task: str, status: str, flag: str, quarantine: str, q: str) -> queries.Filters:
-        return queries.Filters(task, status, flag, quarantine, q.strip())
-
     @app.post("/records/{key}/decision", dependencies=[Depends(_check_csrf)])
     def decision(
         request: Request,
         key: str,
         conn: Conn,
         status: FilterForm,
+        filters: FormFilters,
         reason: FilterForm = "",
-        f_task: FilterForm = "",
-        f_status: FilterForm = "",
-        f_flag: FilterForm = "",
-        f_quarantine: FilterForm = "",
-        f_q: FilterForm = "",
     ):
-        filters = form_filters(f_task, f_status, f_flag, f_quarantine, f_q)
         try:
             store.decide(conn, key, status, reason)
         except InstructgenError as e:
@@ -235,13 +241,8 @@ def create_app(
         turn: int,
         conn: Conn,
         value: FilterForm,
-        f_task: FilterForm = "",
-        f_status: FilterForm = "",
-        f_flag: FilterForm = "",
-        f_quarantine: FilterForm = "",
-        f_q: FilterForm = "",
+        filters: FormFilters,
     ):
-        filters = form_filters(f_task, f_status, f_flag, f_quarantine, f_q)
         try:
             store.edit_turn(conn, key, turn, value)
         except InstructgenError as e:
@@ -254,13 +255,8 @@ def create_app(
         key: str,
         conn: Conn,
         text: FilterForm,
-        f_task: FilterForm = "",
-        f_status: FilterForm = "",
-        f_flag: FilterForm = "",
-        f_quarantine: FilterForm = "",
-        f_q: FilterForm = "",
+        filters: FormFilters,
     ):
-        filters = form_filters(f_task, f_status, f_flag, f_quarantine, f_q)
         try:
             store.rescue(conn, key, text)
         except InstructgenError as e:
