@@ -44,6 +44,18 @@ def run_batch(tmp_path, server, n=6, faults=None):
     return summary, lines, console.file.getvalue()
 
 
+def upload_without_polling(tmp_path, server, n, submit=None):
+    """A run killed after uploading (the first `submit` of) its `n` requests; its client."""
+    requests = tmp_path / "requests.jsonl"
+    write_chat_requests(requests, n)
+    index = load_requests(requests)
+    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
+        batch_api._submit(client, journal, requests, index[:submit])
+    return client
+
+
 def test_a_batch_job_writes_the_same_responses_file_as_a_direct_run(tmp_path, server):
     summary, lines, log = run_batch(tmp_path, server, n=6, faults={2: "400"})
     assert [x["custom_id"] for x in lines] == [f"coco-{i}-conversation" for i in range(6)]
@@ -72,13 +84,8 @@ def test_the_batch_id_is_in_the_journal(tmp_path, server):
 
 
 def test_an_interrupted_poll_resumes_the_same_batch(tmp_path, server):
-    requests = tmp_path / "requests.jsonl"
-    write_chat_requests(requests, 4)
-    index = load_requests(requests)
-    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
+    client = upload_without_polling(tmp_path, server, 4)
     with Journal(tmp_path / "journal.sqlite") as journal:  # a run killed after creating its batch
-        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
-        batch_api._submit(client, journal, requests, index)
         batch_api._adopt_or_create(client, journal)
     summary, lines, _ = run_batch(tmp_path, server, n=4)
     assert len(server.batches) == 1
@@ -86,13 +93,8 @@ def test_an_interrupted_poll_resumes_the_same_batch(tmp_path, server):
 
 
 def test_a_batch_created_just_before_a_crash_is_found_by_its_input_file(tmp_path, server):
-    requests = tmp_path / "requests.jsonl"
-    write_chat_requests(requests, 3)
-    index = load_requests(requests)
-    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
+    client = upload_without_polling(tmp_path, server, 3)
     with Journal(tmp_path / "journal.sqlite") as journal:
-        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
-        batch_api._submit(client, journal, requests, index)
         (rec,) = journal.open_batches()
     client.batches.create(  # created, but the process died before recording its id
         input_file_id=rec["input_file_id"], endpoint="/v1/chat/completions", completion_window="24h"
@@ -103,16 +105,10 @@ def test_a_batch_created_just_before_a_crash_is_found_by_its_input_file(tmp_path
 
 
 def test_a_direct_run_refuses_while_a_batch_holds_the_requests(tmp_path, server):
-    requests = tmp_path / "requests.jsonl"
-    write_chat_requests(requests, 2)
-    index = load_requests(requests)
-    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
-    with Journal(tmp_path / "journal.sqlite") as journal:
-        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
-        batch_api._submit(client, journal, requests, index)
+    upload_without_polling(tmp_path, server, 2)
     with pytest.raises(InstructgenError, match="--batch-api"):
         run_requests(
-            requests,
+            tmp_path / "requests.jsonl",
             tmp_path / "out.jsonl",
             tmp_path / "journal.sqlite",
             RunConfig(base_url=server.base_url),
@@ -129,13 +125,7 @@ def test_requests_are_split_into_batches_within_the_size_limit(tmp_path, monkeyp
 
 
 def test_a_job_interrupted_between_two_uploads_sends_the_rest_on_rerun(tmp_path, server):
-    requests = tmp_path / "requests.jsonl"
-    write_chat_requests(requests, 5)
-    index = load_requests(requests)
-    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
-    with Journal(tmp_path / "journal.sqlite") as journal:  # killed after the first upload
-        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
-        batch_api._submit(client, journal, requests, index[:2])
+    upload_without_polling(tmp_path, server, 5, submit=2)  # killed after the first upload
     summary, lines, _ = run_batch(tmp_path, server, n=5)
     assert [x["custom_id"] for x in lines] == [f"coco-{i}-conversation" for i in range(5)]
     assert summary.done == 5
@@ -174,13 +164,8 @@ def test_resend_changed_sends_a_changed_done_request_again_through_a_batch(tmp_p
 
 
 def test_changing_a_request_while_its_batch_is_open_is_refused(tmp_path, server):
+    upload_without_polling(tmp_path, server, 2)
     requests = tmp_path / "requests.jsonl"
-    write_chat_requests(requests, 2)
-    index = load_requests(requests)
-    client = openai.OpenAI(api_key=KEY, base_url=server.base_url)
-    with Journal(tmp_path / "journal.sqlite") as journal:
-        journal.sync([(r.custom_id, r.line, r.sha256) for r in index], resend_changed=False)
-        batch_api._submit(client, journal, requests, index)
     write_chat_requests(requests, 2, max_tokens=100)
     with pytest.raises(InstructgenError, match="coco-0-conversation.*batch"):
         batch_api.run_batch(
