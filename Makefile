@@ -60,18 +60,13 @@ bench: install
 
 # --- the COCO pipeline -------------------------------------------------------------------
 # A settings file changes only when its settings do, so Make rebuilds exactly what they affect.
-$(DATA)/.coco-settings: FORCE
+coco_SETTINGS   = $(CAPTIONS) $(INSTANCES) $(LIMIT)
+render_SETTINGS = $(MODEL) $(TASKS) $(MAX_TOKENS)
+run_SETTINGS    = $(BACKEND)
+build_SETTINGS  = $(SEED)
+$(DATA)/.%-settings: FORCE
 	@mkdir -p $(DATA)
-	@echo '$(CAPTIONS) $(INSTANCES) $(LIMIT)' | cmp -s - $@ || echo '$(CAPTIONS) $(INSTANCES) $(LIMIT)' > $@
-$(DATA)/.render-settings: FORCE
-	@mkdir -p $(DATA)
-	@echo '$(MODEL) $(TASKS) $(MAX_TOKENS)' | cmp -s - $@ || echo '$(MODEL) $(TASKS) $(MAX_TOKENS)' > $@
-$(DATA)/.run-settings: FORCE
-	@mkdir -p $(DATA)
-	@echo '$(BACKEND)' | cmp -s - $@ || echo '$(BACKEND)' > $@
-$(DATA)/.build-settings: FORCE
-	@mkdir -p $(DATA)
-	@echo '$(SEED)' | cmp -s - $@ || echo '$(SEED)' > $@
+	@echo '$($*_SETTINGS)' | cmp -s - $@ || echo '$($*_SETTINGS)' > $@
 
 $(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(DATA)/.coco-settings | install
 	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT))
