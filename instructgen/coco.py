@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -194,8 +195,6 @@ def write_contexts(
     image_ids_path: Path | None = None,
 ) -> CocoSummary:
     """Write contexts.jsonl atomically, streaming one line per image; return the counts."""
-    import json
-
     summary = CocoSummary()
     image_ids = read_image_ids(image_ids_path) if image_ids_path else None
     contexts = iter_contexts(captions_path, instances_path, limit, image_ids, summary)
