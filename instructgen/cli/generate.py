@@ -1,0 +1,303 @@
+"""Commands of the COCO generation pipeline: coco, render, estimate, run, build, stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from instructgen.cli.app import app, console
+from instructgen.client import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_RPM,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TPM,
+)
+from instructgen.errors import InstructgenError
+
+# --- coco, render, estimate (stage 1) ---
+
+
+@app.command()
+def coco(
+    captions: Path = typer.Option(..., help="COCO captions_*.json annotation file."),
+    instances: Path | None = typer.Option(
+        None, help="COCO instances_*.json (boxes); without it contexts have captions only."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="contexts.jsonl to write."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N images (by id)."),
+    image_ids: Path | None = typer.Option(
+        None, help="File with the image ids to keep, one per line."
+    ),
+) -> None:
+    """COCO annotations -> one image context (captions + normalized boxes) per image.
+
+    Crowd boxes are dropped, boxes reaching outside the image are clipped, boxes with no
+    area are dropped; each is counted in the summary. Images without captions are reported.
+    """
+    from instructgen.coco import write_contexts
+
+    s = write_contexts(captions, output, instances, limit, image_ids)
+    console.print(
+        f"[green]wrote[/green] {output}: {s.contexts} contexts from {s.images} images, "
+        f"{s.captions} captions, {s.boxes} boxes "
+        f"(dropped {s.crowd_dropped} crowd, {s.zero_area_dropped} zero-area; clipped {s.clipped})"
+    )
+    if s.no_captions:
+        shown = ", ".join(map(str, s.no_captions[:10]))
+        more = f" and {len(s.no_captions) - 10} more" if len(s.no_captions) > 10 else ""
+        n = len(s.no_captions)
+        console.print(f"[yellow]{n} images have no captions[/yellow]: {shown}{more}")
+
+
+@app.command()
+def render(
+    contexts: Path = typer.Argument(..., help="contexts.jsonl written by `coco`."),
+    output: Path = typer.Option(..., "--output", "-o", help="requests.jsonl to write."),
+    tasks: str = typer.Option(
+        "conversation,detail,complex_reasoning", help="Comma-separated tasks to render."
+    ),
+    model: str = typer.Option("gpt-4o", help="Model named in each request body."),
+    max_tokens: int = typer.Option(1024, min=1, help="Completion token cap per request."),
+    temperature: float = typer.Option(1.0, min=0.0, max=2.0, help="Sampling temperature."),
+    prompts: Path | None = typer.Option(
+        None, help="Prompts folder (ours or LLaVA's layout); default: the bundled prompts/."
+    ),
+    seeds: Path | None = typer.Option(None, help="Seeds folder; default: the bundled seeds/."),
+) -> None:
+    """Contexts -> OpenAI Batch API request lines, one per image and task.
+
+    Messages: system prompt, the seed examples (user/assistant pairs), the image's context;
+    the prefix is identical across requests so providers can cache it.
+    """
+    from instructgen import prompts as prompt_files
+    from instructgen.render import render_requests
+
+    task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    s = render_requests(
+        contexts,
+        output,
+        task_list,
+        model,
+        max_tokens,
+        temperature,
+        prompts or prompt_files.DEFAULT_PROMPTS,
+        seeds or prompt_files.DEFAULT_SEEDS,
+    )
+    per_task = ", ".join(f"{t} {n}" for t, n in s.per_task.items())
+    console.print(
+        f"[green]wrote[/green] {output}: {s.requests} requests "
+        f"from {s.contexts} contexts ({per_task})"
+    )
+
+
+@app.command()
+def estimate(
+    requests: Path = typer.Argument(..., help="requests.jsonl (Batch API input lines)."),
+    model: str | None = typer.Option(None, help="Price as this model instead of each request's."),
+) -> None:
+    """Prompt tokens, expected completion tokens and cost (standard and Batch API), per task."""
+    from rich.table import Table
+
+    from instructgen.render import estimate_requests
+
+    est = estimate_requests(requests, model)
+    table = Table(title=f"Estimate for {requests} ({est.model})")
+    columns = ("task", "requests", "prompt tokens", "completion tokens", "standard $")
+    for col in (*columns, "cached prefix $", "batch $"):
+        table.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
+
+    def dollars(cost: float | None) -> str:
+        return "unknown" if cost is None else f"{cost:,.2f}"
+
+    for row in [*est.rows, est.total]:
+        table.add_row(
+            row.task,
+            f"{row.requests:,}",
+            f"{row.prompt_tokens:,}",
+            f"{row.completion_tokens:,}",
+            dollars(row.cost_standard),
+            dollars(row.cost_cached),
+            dollars(row.cost_batch),
+            style="bold" if row.task == "total" else None,
+        )
+    out = Console()
+    Console(width=max(out.width, 120)).print(table)  # never squeeze the figures
+    console.print(f"tokens: {est.token_method}; completions: {est.completion_method}")
+
+
+# --- run (batch client) ---
+
+
+def _seconds(value: float) -> float:
+    """A duration option: more than 0 seconds."""
+    if value <= 0:
+        raise typer.BadParameter(f"must be more than 0 seconds, not {value:g}")
+    return value
+
+
+@app.command()
+def run(
+    requests: Path = typer.Argument(..., help="requests.jsonl (OpenAI Batch API input lines)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="responses.jsonl to write (Batch API output lines)."
+    ),
+    journal: Path | None = typer.Option(
+        None, help="SQLite journal for resume (default: journal.sqlite beside the output)."
+    ),
+    backend: str = typer.Option(
+        "openai",
+        help="openai: send to an OpenAI-compatible API. template: the naive offline baseline "
+        "(a listed question, the caption as answer); no key, no journal.",
+    ),
+    base_url: str | None = typer.Option(
+        None,
+        envvar="OPENAI_BASE_URL",
+        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, "
+        "Ollama); default https://api.openai.com/v1.",
+    ),
+    rpm: int = typer.Option(
+        DEFAULT_RPM,
+        min=1,
+        help="Requests per minute budget (GPT-4o, OpenAI usage tier 2); lowered to the "
+        "server's x-ratelimit-limit-requests when that is less.",
+    ),
+    tpm: int = typer.Option(
+        DEFAULT_TPM,
+        min=1,
+        help="Tokens per minute budget (GPT-4o, tier 2); a request costs its prompt "
+        "tokens plus max_tokens. Lowered to x-ratelimit-limit-tokens when that is less.",
+    ),
+    max_in_flight: int = typer.Option(
+        DEFAULT_MAX_IN_FLIGHT,
+        min=1,
+        help="Most requests awaiting an answer at once (also the most a kill -9 "
+        "can make you pay twice).",
+    ),
+    max_attempts: int = typer.Option(
+        DEFAULT_MAX_ATTEMPTS,
+        min=1,
+        help="Attempts per request before it is written as a failed line.",
+    ),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, callback=_seconds, help="Seconds to wait for one answer."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the token and cost estimate; send nothing."
+    ),
+    batch_api: bool = typer.Option(
+        False,
+        "--batch-api",
+        help="Run the job through the OpenAI Batch API (half price, "
+        "results within 24 h); rerun to resume polling.",
+    ),
+    poll_interval: float = typer.Option(
+        DEFAULT_POLL_INTERVAL_S, callback=_seconds, help="Seconds between Batch API status polls."
+    ),
+    resend_changed: bool = typer.Option(
+        False,
+        help="Send again done requests whose line changed in the requests file "
+        "(otherwise such a change is an error).",
+    ),
+) -> None:
+    """Send requests.jsonl within rate limits, retrying faults; resumable from the journal."""
+    from instructgen.client import runner
+
+    if backend not in ("openai", "template"):
+        raise InstructgenError(f"--backend must be openai or template, not {backend!r}")
+    if output is None and not dry_run:
+        raise InstructgenError("missing --output/-o: the responses.jsonl to write")
+    journal = journal or (output or requests).parent / "journal.sqlite"
+    config = runner.RunConfig(
+        base_url=base_url,
+        rpm=rpm,
+        tpm=tpm,
+        max_in_flight=max_in_flight,
+        max_attempts=max_attempts,
+        timeout_s=timeout,
+        resend_changed=resend_changed,
+    )
+    if dry_run:
+        est = runner.dry_run(requests, journal, config)
+        cost = "unknown (no price for the model)"
+        if est.max_cost_usd is not None:
+            cost = f"${est.prompt_cost_usd:,.2f} prompts, at most ${est.max_cost_usd:,.2f} in all"
+            cost += f" (Batch API: at most ${est.max_cost_usd / 2:,.2f})"
+        console.print(
+            f"dry run: {est.to_send:,} of {est.total:,} requests to send; "
+            f"{est.prompt_tokens:,} prompt tokens, at most {est.max_completion_tokens:,} "
+            f"completion tokens; {cost}; about {est.minutes:,.1f} min at {rpm:,} RPM / "
+            f"{tpm:,} TPM. Nothing sent."
+        )
+        return
+    if backend == "template":
+        from instructgen.template_backend import write_template_responses
+
+        n = write_template_responses(requests, output)
+        console.print(f"template baseline: {n:,} responses written to {output} (no model called)")
+        return
+    key = runner.api_key_from_env()
+    if batch_api:
+        from instructgen.client.batch_api import run_batch
+
+        summary = run_batch(
+            requests, output, journal, base_url, poll_interval, console, key, resend_changed
+        )
+    else:
+        summary = runner.run_requests(requests, output, journal, config, console, key)
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.items())) or "none"
+    finishes = ", ".join(f"{k} {v}" for k, v in sorted(summary.finish_reasons.items())) or "-"
+    console.print(
+        f"run: {summary.done:,} done, {summary.failed:,} failed of {summary.total:,} "
+        f"({summary.sent:,} finished now, {summary.skipped:,} done before) in "
+        f"{summary.wall_s:,.1f} s; cost ${summary.cost_usd:,.4f}; retried/failed attempts: "
+        f"{errors}; finish reasons: {finishes}; {summary.output_lines:,} lines -> {output}; "
+        f"journal {journal}"
+    )
+
+
+# --- build (parse and curate) ---
+
+
+@app.command()
+def build(
+    responses: Path = typer.Argument(..., help="responses.jsonl (Batch API output lines)."),
+    requests: Path = typer.Option(..., help="requests.jsonl the responses answer."),
+    contexts: Path = typer.Option(..., help="contexts.jsonl the requests were rendered from."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the outputs into."),
+    seed: int = typer.Option(
+        0, help="Seed for detail questions, the <image> position and the shuffle."
+    ),
+    instructions: Path | None = typer.Option(
+        None, help="Folder with detail.txt (question phrasings); default: prompts/instructions."
+    ),
+) -> None:
+    """Responses -> LLaVA training JSON, with every rejection explained.
+
+    Writes into OUT: llava_instruct.json (all tasks, shuffled), <task>.json,
+    quarantine.jsonl (each request that became no record: reason, raw text)
+    and stats.json. Fails unless records + quarantined = requests + unknown
+    + duplicate responses.
+    """
+    from instructgen.build import build, stats_report
+    from instructgen.prompts import INSTRUCTIONS_DIR
+
+    stats = build(responses, requests, contexts, output, seed, instructions or INSTRUCTIONS_DIR)
+    Console().print(stats_report(stats))
+    console.print(
+        f"[green]wrote[/green] {output}/llava_instruct.json ({stats['records']['total']} records), "
+        f"quarantine.jsonl ({stats['quarantined']['total']}), per-task files, stats.json"
+    )
+
+
+@app.command()
+def stats(
+    path: Path = typer.Argument(..., help="A build output folder, or its stats.json."),
+) -> None:
+    """Print the tables of a finished build (its stats.json)."""
+    from instructgen.build import read_stats_report
+
+    Console().print(read_stats_report(path))

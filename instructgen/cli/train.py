@@ -1,0 +1,192 @@
+"""`train` and `chat` (extra [train])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from instructgen.cli.app import app, console
+from instructgen.errors import InstructgenError
+
+# --- train, chat (extra [train]) ---
+
+
+def _require_train_extra() -> None:
+    """Fail in one line, with the install command, when the [train] extra is missing."""
+    try:
+        import accelerate  # noqa: F401
+        import peft  # noqa: F401
+        import PIL  # noqa: F401
+        import safetensors  # noqa: F401
+        import torch  # noqa: F401
+        import transformers
+    except ImportError as e:
+        raise InstructgenError(
+            f"the trainer needs the [train] extra ({e.name} is not installed): "
+            "run `pip install -e '.[train]'` or `make install-train`"
+        ) from None
+    transformers.utils.logging.disable_progress_bar()
+
+
+@app.command()
+def train(
+    stage: int = typer.Option(
+        ..., "--stage", min=1, max=2, help="1: train the projector only; 2: projector and LLM."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", help="Training records: pretrain.json (stage 1), llava_instruct.json (2)."
+    ),
+    images: Path = typer.Option(..., "--images", help="Folder holding the records' image files."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Output folder: final weights, checkpoints, train_log.jsonl."
+    ),
+    vision: str = typer.Option(
+        None,
+        "--vision",
+        help="CLIP vision tower: local folder or hub name, e.g. openai/clip-vit-large-patch14. "
+        "Stage 2 defaults to the one stage 1 used.",
+    ),
+    llm: str = typer.Option(
+        None,
+        "--llm",
+        help="Causal LLM (any AutoModelForCausalLM): local folder or hub name. "
+        "Stage 2 defaults to the one stage 1 used.",
+    ),
+    projector_from: Path = typer.Option(
+        None, "--projector", help="Stage 2: the stage-1 output folder to start from."
+    ),
+    projector: str = typer.Option(
+        "linear", "--projector-type", help="Stage 1: linear (the paper) or mlp2x_gelu."
+    ),
+    feature_layer: int = typer.Option(
+        -2, "--feature-layer", help="Stage 1: vision layer whose patch features are used."
+    ),
+    template: str = typer.Option(
+        None, "--template", help="plain or v1 (Vicuna style). Default: plain in 1, v1 in 2."
+    ),
+    pad_to_square: bool = typer.Option(
+        False,
+        "--pad-to-square/--no-pad-to-square",
+        help="Pad images to a square before the processor (else resize + centre crop).",
+    ),
+    max_length: int = typer.Option(
+        2048, "--max-length", help="Tokens per sequence (image tokens included); cut beyond."
+    ),
+    epochs: float = typer.Option(
+        None, "--epochs", help="Passes over the data. Default: 1 in stage 1, 3 in stage 2."
+    ),
+    max_steps: int = typer.Option(
+        None, "--max-steps", help="Stop after this many optimizer steps (overrides --epochs)."
+    ),
+    lr: float = typer.Option(
+        None, "--lr", help="Peak learning rate. Default: 2e-3 in stage 1, 2e-5 in stage 2."
+    ),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help="Global batch: sequences per optimizer step, all devices. Default: 128 / 32.",
+    ),
+    micro_batch_size: int = typer.Option(
+        4,
+        "--micro-batch-size",
+        help="Sequences per device per forward pass; the rest is gradient accumulation.",
+    ),
+    warmup_ratio: float = typer.Option(
+        0.03, "--warmup-ratio", help="Fraction of steps of linear warmup before cosine decay."
+    ),
+    gradient_checkpointing: bool = typer.Option(
+        True,
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in backward: less memory, about a third slower.",
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on a GPU that has it, else fp32), bf16 or fp32."
+    ),
+    freeze_llm: bool = typer.Option(
+        False, "--freeze-llm", help="Stage 2: keep the LLM frozen, train the projector only."
+    ),
+    lora_rank: int = typer.Option(
+        0,
+        "--lora-rank",
+        help="Stage 2: train LoRA adapters of this rank (alpha = 2 x rank) instead of the "
+        "full LLM; merged into the export. 0: off.",
+    ),
+    save_every: int = typer.Option(
+        500, "--save-every", help="Optimizer steps between resumable checkpoints; 0: none."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint in the output folder."
+    ),
+    log_every: int = typer.Option(10, "--log-every", help="Optimizer steps between metric lines."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
+    workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
+) -> None:
+    """Train the LLaVA model: stage 1 (projector) or stage 2 (instruction tuning).
+
+    Runs on one device as is, or on many under `accelerate launch --config_file
+    configs/zero2.yaml -m instructgen.cli train ...` (see configs/).
+    """
+    _require_train_extra()
+    from instructgen.train.loop import TrainConfig
+    from instructgen.train.loop import train as run_stage
+
+    cfg = TrainConfig(
+        stage=stage,
+        data=data,
+        images=images,
+        output=output,
+        vision=vision,
+        llm=llm,
+        projector_from=projector_from,
+        projector=projector,
+        feature_layer=feature_layer,
+        template=template,
+        pad_to_square=pad_to_square,
+        max_length=max_length,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        global_batch=batch_size,
+        micro_batch=micro_batch_size,
+        warmup_ratio=warmup_ratio,
+        gradient_checkpointing=gradient_checkpointing,
+        precision=precision,
+        freeze_llm=freeze_llm,
+        lora_rank=lora_rank,
+        save_every=save_every,
+        resume=resume,
+        log_every=log_every,
+        seed=seed,
+        workers=workers,
+    )
+    result = run_stage(cfg, echo=lambda line: console.print(line, highlight=False))
+    console.print(
+        f"[green]stage {stage} done[/green]: {result.steps} steps in {result.seconds:.0f} s, "
+        f"final loss {result.final_loss:.4f}, {result.tokens_per_s:,.0f} tokens/s, "
+        f"{result.trainable_params:,} trained parameters -> {result.output}",
+        highlight=False,
+    )
+
+
+@app.command()
+def chat(
+    question: str = typer.Argument(..., help="The question to ask about the image."),
+    model: Path = typer.Option(..., "--model", help="A folder written by `instructgen train`."),
+    image: Path = typer.Option(None, "--image", help="The image file to ask about."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer, tokens."),
+) -> None:
+    """Ask a trained model one question about one image (greedy decoding); prints the answer."""
+    _require_train_extra()
+    import torch
+
+    from instructgen.files import require_file
+    from instructgen.train.export import answer, load_trained
+
+    if image is not None:
+        require_file(image)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    loaded, tokenizer, processor, meta = load_trained(model, dtype)
+    if torch.cuda.is_available():
+        loaded = loaded.to("cuda")
+    print(answer(loaded, tokenizer, processor, meta, image, question, max_new_tokens))
