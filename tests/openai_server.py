@@ -5,12 +5,18 @@ can be exact: a socket closed mid-body, a body cut short, a reply that never com
 
 - `POST /v1/chat/completions` answers deterministic, clearly synthetic text (never a model) in
   the conversation format (`Question:` / `Answer:` lines).
-- Per-minute budgets (requests, tokens) are token buckets refilled continuously and quantized to
-  one second, as OpenAI documents; an empty bucket answers 429 with `Retry-After`,
-  `retry-after-ms` and `x-ratelimit-*` headers. Every answer carries the `x-ratelimit-*` headers.
+- Per-minute budgets (requests, tokens) are enforced in one of three ways (`window`): `bucket`,
+  token buckets holding one second of budget, refilled continuously; `second`, fixed one-second
+  windows of limit/60 each, as providers quantize a per-minute limit; `minute`, buckets holding
+  a whole minute, starting empty as an hour into a long job. Over budget answers 429 with
+  `Retry-After`, `retry-after-ms` and `x-ratelimit-*` headers; every answer carries the
+  `x-ratelimit-*` headers, unless `rate_headers` is off (many OpenAI-compatible servers send
+  none), which drops them and the Retry-After of budget 429s.
 - Faults are deterministic. A user message containing `[[faults: 500, drop]]` gets a 500 on its
   first admitted attempt, a dropped connection on its second, and a normal answer after.
-  `fault_rate` adds seeded faults keyed on (request, attempt) for the benchmark.
+  `fault_mix` adds seeded faults keyed on (request, attempt) for the benchmark.
+- `account_error` answers every chat request after the first `account_error_after` with an
+  error no retry fixes: a refused key, no credit left, an unknown model.
 - `/v1/files` and `/v1/batches` run a Batch API job that completes after `batch_polls` polls;
   the first `batch_failures` batches fail instead, as one over the enqueued token limit does.
 - `GET /_stats` reports what was answered; in-process users read `server.stats()`.
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 CHAT_PATH = "/v1/chat/completions"
 FAULT_MARK = re.compile(r"\[\[faults:([^\]]*)\]\]")
 FAULT_KINDS = (
-    "429",  # injected rate limit, with Retry-After
+    "429",  # a stray rate limit, with Retry-After, its headers showing budget left
     "500",
     "502",
     "503",
@@ -46,8 +52,20 @@ FAULT_KINDS = (
     "length",  # 200, finish_reason "length"
     "content_filter",  # 200, finish_reason "content_filter", no content
     "empty",  # 200, empty content
+    "spent",  # a rate limit with Retry-After, its headers showing the budget spent elsewhere
 )
-RETRYABLE_MIX = ("429", "500", "502", "503", "drop", "truncated", "slow")  # for fault_rate
+ACCOUNT_ERRORS = {  # name: (status, code, message), as OpenAI words them
+    "invalid_api_key": (401, "invalid_api_key", "Incorrect API key provided."),
+    "forbidden": (403, "unsupported_country_region_territory", "Country not supported."),
+    "insufficient_quota": (
+        429,
+        "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
+    "model_not_found": (404, "model_not_found", "The model does not exist or you lack access."),
+    "invalid_model": (400, "invalid_model", "Invalid model name."),
+}
+WINDOWS = ("bucket", "second", "minute")
 
 
 @dataclass
@@ -59,21 +77,25 @@ class ServerConfig:
     latency_s: float = 0.0  # added before every chat answer
     slow_s: float = 5.0  # how long a `slow` fault stalls before answering
     injected_retry_after_ms: int = 200  # Retry-After of an injected 429
-    fault_rate: float = 0.0  # share of (request, attempt) pairs given a seeded fault
+    window: str = "bucket"  # how a per-minute budget is enforced: one of WINDOWS
+    rate_headers: bool = True  # x-ratelimit-* on every answer, Retry-After on budget 429s
+    fault_mix: dict[str, float] = field(default_factory=dict)  # fault kind: share of attempts
     fault_seed: str = "instructgen"
     batch_polls: int = 2  # batch retrievals before a batch completes
     batch_failures: int = 0  # the first this many batches fail validation, answering nothing
     api_key: str | None = None  # when set, any other bearer token gets a 401
+    account_error: str | None = None  # a key of ACCOUNT_ERRORS, for every chat request ...
+    account_error_after: int = 0  # ... after this many admitted ones
 
 
 class _Bucket:
-    """A per-minute budget enforced per second: capacity limit/60, refilled continuously."""
+    """A per-minute budget holding `window_s` of it, refilled continuously."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, window_s: float = 1.0, start_full: bool = True) -> None:
         self.limit = per_minute
         self.rate = per_minute / 60.0
-        self.capacity = max(self.rate, 1.0)
-        self.level = self.capacity
+        self.capacity = max(self.rate * window_s, 1.0)
+        self.level = self.capacity if start_full else 0.0
         self.stamp = time.monotonic()
 
     def refill(self, now: float) -> None:
@@ -84,13 +106,63 @@ class _Bucket:
         """Seconds until `amount` is available (0 when it is)."""
         return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
 
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
     def headers(self, kind: str) -> dict[str, str]:
         reset = (self.capacity - self.level) / self.rate
         return {
             f"x-ratelimit-limit-{kind}": str(self.limit),
-            f"x-ratelimit-remaining-{kind}": str(int(self.level)),
+            f"x-ratelimit-remaining-{kind}": str(max(0, int(self.level))),
             f"x-ratelimit-reset-{kind}": f"{reset:.3f}s",
         }
+
+
+class _SecondWindows:
+    """A per-minute budget quantized to fixed one-second windows of limit/60 each."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.limit = per_minute
+        self.allowance = max(per_minute / 60.0, 1.0)
+        self.origin = time.monotonic()
+        self.window = 0
+        self.used = 0.0
+        self.now = self.origin
+
+    def refill(self, now: float) -> None:
+        self.now = now
+        window = int(now - self.origin)
+        if window != self.window:
+            self.window, self.used = window, 0.0
+
+    def wait_for(self, amount: float) -> float:
+        """0 when `amount` fits this window; else the seconds to the next one."""
+        if self.used + min(amount, self.allowance) <= self.allowance:
+            return 0.0
+        return self.origin + self.window + 1 - self.now
+
+    def take(self, amount: float) -> None:
+        self.used += amount
+
+    def headers(self, kind: str) -> dict[str, str]:
+        reset = self.origin + self.window + 1 - self.now
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.limit),
+            f"x-ratelimit-remaining-{kind}": str(max(0, int(self.allowance - self.used))),
+            f"x-ratelimit-reset-{kind}": f"{reset:.3f}s",
+        }
+
+
+def _budget(per_minute: int | None, window: str) -> _Bucket | _SecondWindows | None:
+    if not per_minute:
+        return None
+    if window == "second":
+        return _SecondWindows(per_minute)
+    if window == "minute":
+        return _Bucket(per_minute, window_s=60.0, start_full=False)
+    if window == "bucket":
+        return _Bucket(per_minute)
+    raise ValueError(f"window must be one of {', '.join(WINDOWS)}, not {window!r}")
 
 
 @dataclass
@@ -174,8 +246,8 @@ class OpenAITestServer:
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
-        self.requests = _Bucket(self.config.rpm) if self.config.rpm else None
-        self.tokens = _Bucket(self.config.tpm) if self.config.tpm else None
+        self.requests = _budget(self.config.rpm, self.config.window)
+        self.tokens = _budget(self.config.tpm, self.config.window)
         self.attempts: Counter[str] = Counter()  # admitted chat requests per key
         self.answered: Counter[str] = Counter()  # 200 answers per key (what a user pays for)
         self.statuses: Counter[str] = Counter()  # replies by status or fault kind
@@ -287,14 +359,20 @@ class OpenAITestServer:
                 wait = max(wait, bucket.wait_for(amount))
         if wait > 0:
             self.statuses["429_budget"] += 1
-            headers = self._limit_headers() | _retry_after(wait)
+            headers = self._limit_headers() | _retry_after(wait) if self.config.rate_headers else {}
             return _error(429, "Rate limit reached (test server budget).", "rate_limit", headers)
         for bucket, amount in ((self.requests, 1), (self.tokens, cost)):
             if bucket:
-                bucket.level -= amount
+                bucket.take(amount)
         limits = self._limit_headers()
         key = request_key(body)
         self.attempts[key] += 1
+        if self.config.account_error and sum(self.attempts.values()) > (
+            self.config.account_error_after
+        ):
+            self.statuses[self.config.account_error] += 1
+            status, code, message = ACCOUNT_ERRORS[self.config.account_error]
+            return _error(status, message, code, limits)
         self.admitted_per_second[int(now - self.started)] += 1
         self.admitted_at.append(now)
         fault = self.fault_for(body, key, self.attempts[key])
@@ -305,7 +383,12 @@ class OpenAITestServer:
             await asyncio.sleep(self.config.slow_s)
         if fault == "429":
             ra = _retry_after(self.config.injected_retry_after_ms / 1000)
+            ra = ra if self.config.rate_headers else {}
             return _error(429, "Rate limit reached (injected).", "rate_limit", limits | ra)
+        if fault == "spent":
+            spent = {k: "0" for k in limits if k.startswith("x-ratelimit-remaining")}
+            ra = _retry_after(self.config.injected_retry_after_ms / 1000)
+            return _error(429, "Rate limit reached (elsewhere).", "rate_limit", limits | spent | ra)
         if fault in ("500", "502", "503"):
             return _error(int(fault), f"Injected {fault}.", "server_error", limits)
         if fault == "400":
@@ -328,15 +411,19 @@ class OpenAITestServer:
             if m:
                 schedule = [f.strip() for f in m.group(1).split(",") if f.strip()]
                 return schedule[attempt - 1] if attempt <= len(schedule) else None
-        if self.config.fault_rate:
+        if self.config.fault_mix:
             seed = f"{self.config.fault_seed}:{key}:{attempt}".encode()
-            h = hashlib.sha256(seed).digest()
-            if int.from_bytes(h[:4]) / 2**32 < self.config.fault_rate:
-                return RETRYABLE_MIX[h[4] % len(RETRYABLE_MIX)]
+            draw = int.from_bytes(hashlib.sha256(seed).digest()[:4]) / 2**32
+            for kind, share in self.config.fault_mix.items():
+                if draw < share:
+                    return kind
+                draw -= share
         return None
 
     def _limit_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
+        if not self.config.rate_headers:
+            return headers
         if self.requests:
             headers |= self.requests.headers("requests")
         if self.tokens:
@@ -527,16 +614,22 @@ def main() -> None:
     p.add_argument("--tpm", type=int)
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     p.add_argument("--slow", type=float, default=5.0, help="seconds a `slow` fault stalls")
-    p.add_argument("--fault-rate", type=float, default=0.0)
+    p.add_argument("--window", choices=WINDOWS, default="bucket", help="how budgets are enforced")
+    p.add_argument("--no-rate-headers", action="store_true", help="send no x-ratelimit-* headers")
+    p.add_argument("--faults", default="", help="seeded faults, e.g. 500=0.02,drop=0.01")
     p.add_argument("--injected-retry-after-ms", type=int, default=200)
+    p.add_argument("--account-error", choices=sorted(ACCOUNT_ERRORS))
     args = p.parse_args()
     config = ServerConfig(
         rpm=args.rpm,
         tpm=args.tpm,
         latency_s=args.latency,
         slow_s=args.slow,
-        fault_rate=args.fault_rate,
+        window=args.window,
+        rate_headers=not args.no_rate_headers,
+        fault_mix={k: float(v) for k, v in (f.split("=") for f in args.faults.split(",") if f)},
         injected_retry_after_ms=args.injected_retry_after_ms,
+        account_error=args.account_error,
     )
 
     async def serve() -> None:

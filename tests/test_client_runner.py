@@ -13,6 +13,7 @@ from rich.console import Console
 from instructgen.client.pricing import cost_usd
 from instructgen.client.runner import (
     ASSUMED_COMPLETION_TOKENS,
+    AccountError,
     RunConfig,
     load_requests,
     run_requests,
@@ -36,7 +37,7 @@ def serve():
         server.stop()
 
 
-def send(tmp_path, server, n=5, faults=None, **config):
+def send(tmp_path, server, n=5, faults=None, key=KEY, **config):
     """Write n requests, run them against `server`; return (summary, output lines by id)."""
     requests = tmp_path / "requests.jsonl"
     write_chat_requests(requests, n, faults)
@@ -47,7 +48,7 @@ def send(tmp_path, server, n=5, faults=None, **config):
         tmp_path / "journal.sqlite",
         RunConfig(base_url=server.base_url, **config),
         Console(file=io.StringIO()),
-        KEY,
+        key,
     )
     lines = [json.loads(x) for x in (tmp_path / "responses.jsonl").read_text().splitlines()]
     return summary, {line["custom_id"]: line for line in lines}
@@ -79,13 +80,12 @@ def test_retryable_faults_are_retried_until_the_request_succeeds(tmp_path, serve
     assert sum(summary.errors.values()) == 2
 
 
-@pytest.mark.parametrize("fault", ["400", "401"])
-def test_other_client_errors_fail_at_once_without_retry(tmp_path, serve, fault):
+def test_a_bad_request_fails_alone_at_once_without_retry(tmp_path, serve):
     server = serve()
-    summary, by_id = send(tmp_path, server, n=2, faults={0: fault})
+    summary, by_id = send(tmp_path, server, n=2, faults={0: "400"})
     line = by_id["coco-0-conversation"]
     assert line["response"] is None
-    assert line["error"]["code"] == f"http_{fault}"
+    assert line["error"]["code"] == "http_400"
     assert sum(server.attempts.values()) == 2  # one each
     assert summary.failed == 1
 
@@ -146,11 +146,65 @@ def test_server_rate_limit_headers_lower_the_client_budget(tmp_path, serve):
     assert server.statuses.get("429_budget", 0) <= 12  # only the first burst, then none
 
 
-def test_a_429_pauses_every_sender_not_only_the_request_that_got_it(tmp_path, serve):
+def gaps(server) -> list[float]:
+    return [b - a for a, b in zip(server.admitted_at, server.admitted_at[1:], strict=False)]
+
+
+def test_a_429_showing_the_budget_spent_pauses_every_sender_for_its_retry_after(tmp_path, serve):
     server = serve(injected_retry_after_ms=600)
-    send(tmp_path, server, n=8, faults={0: "429"}, max_in_flight=2)
-    gaps = [b - a for a, b in zip(server.admitted_at, server.admitted_at[1:], strict=False)]
-    assert max(gaps) >= 0.55
+    send(tmp_path, server, n=8, faults={0: "spent"}, max_in_flight=2)
+    assert max(gaps(server)) >= 0.5
+
+
+def test_a_stray_429_with_budget_left_delays_only_its_own_request(tmp_path, serve):
+    server = serve(injected_retry_after_ms=600)
+    summary, _ = send(tmp_path, server, n=12, faults={0: "429"}, max_in_flight=2, rpm=600)
+    assert max(gaps(server)) < 0.3  # the other sender goes on at 10 per second
+    assert summary.done == 12 and journal_row(tmp_path, "coco-0-conversation")["attempts"] == 2
+
+
+@pytest.mark.parametrize("rate_headers", [True, False], ids=["headers", "no-headers"])
+def test_a_per_second_budget_is_used_to_nine_tenths_without_a_429(tmp_path, serve, rate_headers):
+    server = serve(rpm=1800, window="second", rate_headers=rate_headers)  # 30 per second
+    summary, _ = send(tmp_path, server, n=75, rpm=1800, max_in_flight=16)
+    assert summary.done == 75
+    assert server.statuses.get("429_budget", 0) == 0
+    span = server.admitted_at[-1] - server.admitted_at[0]
+    assert (75 - 1) / span >= 0.9 * 30
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        ("invalid_api_key", "the API key was refused"),
+        ("forbidden", "may not use this endpoint"),
+        ("insufficient_quota", "out of credit"),
+        ("model_not_found", "model 'gpt-4o' does not exist"),
+        ("invalid_model", "refused the model or the key"),
+    ],
+)
+def test_an_account_error_stops_the_run_and_a_rerun_after_the_fix_finishes(
+    tmp_path, serve, error, says
+):
+    server = serve(account_error=error, account_error_after=6)
+    with pytest.raises(AccountError, match=f"{says}.*rerun.* wait in .*journal.sqlite"):
+        send(tmp_path, server, n=40, max_in_flight=4)
+    assert sum(server.attempts.values()) <= 6 + 4  # nothing sent after those in flight
+    assert not (tmp_path / "responses.jsonl").exists()
+    db = sqlite3.connect(tmp_path / "journal.sqlite")
+    statuses = dict(db.execute("SELECT status, count(*) FROM requests GROUP BY 1").fetchall())
+    assert statuses["done"] == 6 and statuses["pending"] == 34 and "failed" not in statuses
+    server.config.account_error = None  # the user fixed the account
+    summary, by_id = send(tmp_path, server, n=40, max_in_flight=4)
+    assert summary.done == 40 and summary.sent == 34 and len(by_id) == 40
+
+
+def test_a_stalled_call_at_the_tail_is_sent_again_and_the_first_answer_wins(tmp_path, serve):
+    server = serve(slow_s=6.0)
+    summary, by_id = send(tmp_path, server, n=30, faults={29: "slow"}, max_in_flight=8)
+    assert summary.wall_s < 4.0
+    assert summary.hedged == 1 and summary.done == 30
+    assert by_id["coco-29-conversation"]["response"]["status_code"] == 200
 
 
 def test_cost_comes_from_usage_with_cached_prompt_tokens(tmp_path, serve):
@@ -180,10 +234,14 @@ def test_a_second_run_retries_the_requests_that_failed(tmp_path, serve):
     assert by_id["coco-1-conversation"]["response"]["status_code"] == 200
 
 
-def test_the_api_key_is_in_no_file_written(tmp_path, serve):
-    send(tmp_path, serve(), n=3, faults={0: "401", 1: "500,drop"})
-    assert "[redacted]" in journal_row(tmp_path, "coco-0-conversation")["error_message"]
-    for path in tmp_path.iterdir():
+def test_the_api_key_is_in_no_file_written_nor_in_the_error(tmp_path, serve):
+    send(tmp_path, serve(), n=3, faults={1: "500,drop"})
+    (tmp_path / "again").mkdir()
+    with pytest.raises(AccountError) as stopped:  # the server echoes the key it was sent
+        send(tmp_path / "again", serve(), n=3, faults={0: "401"})
+    assert "[redacted]" in str(stopped.value) and KEY[:12] not in str(stopped.value)
+    assert "[redacted]" in journal_row(tmp_path / "again", "coco-0-conversation")["last_error"]
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
         assert KEY.encode() not in path.read_bytes(), path.name
         assert KEY[:12].encode() not in path.read_bytes(), path.name
 

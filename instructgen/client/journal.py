@@ -202,6 +202,14 @@ class Journal:
             (_now(), cid),
         )
 
+    def release(self, cid: str) -> None:
+        """Put `cid` back to pending when in flight: its run stopped before it had a result."""
+        self.db.execute(
+            "UPDATE requests SET status = 'pending', updated_at = ? "
+            "WHERE custom_id = ? AND status = 'in_flight'",
+            (_now(), cid),
+        )
+
     def note_error(self, cid: str, error: str) -> None:
         """Record the error of an attempt that will be retried."""
         self.db.execute(

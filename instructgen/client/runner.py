@@ -5,14 +5,22 @@ rate budget, is marked in flight in the journal, and goes out through `openai.As
 the SDK's own retries off; tenacity decides what is retried and how long to wait. A request
 ends `done` (a 200 and its body, whatever its finish_reason) or `failed` (a non-retryable
 error, or the last attempt's error), and that end is one journal commit.
+
+An answer about the account (a refused key, no credit, an unknown model) stops the run: no
+request is sent after those in flight, the unsent ones stay pending, and no responses file is
+written. At the tail of a run, when nothing is left to hand out, a call that takes much longer
+than the usual answer is sent once more and the first answer wins, so one stalled request does
+not hold the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import statistics
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -41,6 +49,8 @@ from instructgen.tokens import TokenCounter
 
 ASSUMED_COMPLETION_TOKENS = 1024  # charged to the token budget when a request sets no cap
 RETRYABLE_STATUS = {408, 409, 429} | set(range(500, 600))
+HEDGE_FACTOR = 3.0  # at the tail, a call slower than 3x the usual (90th percentile) answer ...
+HEDGE_MIN_S = 1.0  # ... and than a second is sent once more
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,7 @@ class RunConfig:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     resend_changed: bool = False
+    hedge: bool = True  # send a stalled call once more at the tail of the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,7 @@ class RunSummary:
     cost_usd: float  # all done requests of the input, this run and earlier ones
     wall_s: float
     output_lines: int
+    hedged: int = 0  # calls sent a second time at the tail of the run
 
 
 def load_requests(path: Path) -> list[RequestLine]:
@@ -304,11 +316,72 @@ class Retryable(Exception):
 
 
 class Final(Exception):
-    """An attempt that failed in a way another try would not fix (400, 401, 403, 404...)."""
+    """An attempt that failed in a way another try would not fix (a 400 about this request)."""
 
     def __init__(self, kind: str, message: str, status: int | None = None):
         super().__init__(message)
         self.kind, self.message, self.status = kind, message, status
+
+
+class AccountError(InstructgenError):
+    """An answer that no retry and no other request can fix: the key, the credit, the model.
+    The run stops; `pending` says what waits for the rerun."""
+
+    def __init__(self, kind: str, message: str, fix: str):
+        super().__init__()  # the text is __str__'s, after the key is scrubbed from `message`
+        self.kind, self.message, self.fix, self.pending = kind, message, fix, ""
+
+    def __str__(self) -> str:
+        fix = f"{self.fix}, then rerun the same command"
+        return f"run stopped: {self.message}. Fix: {fix}{self.pending}"
+
+
+class Stopped(Exception):
+    """An attempt not sent because an account error stopped the run."""
+
+
+def account_error(
+    status: int, code: str, message: str, model: str, url: str
+) -> AccountError | None:
+    """The AccountError an error answer stands for; None when it belongs to one request."""
+    said = f"HTTP {status} {code}: {message}" if code else f"HTTP {status}: {message}"
+    if status == 401:
+        return AccountError(
+            "invalid_key",
+            f"the API key was refused ({said})",
+            "set OPENAI_API_KEY to a valid key for this endpoint",
+        )
+    if status == 403:
+        return AccountError(
+            "forbidden",
+            f"the key may not use this endpoint or model ({said})",
+            "check the key's project, permissions and region at the provider",
+        )
+    if status == 429 and code == "insufficient_quota":
+        return AccountError(
+            "insufficient_quota",
+            f"the account is out of credit ({said})",
+            "add credit or raise the usage limit in the provider's billing settings",
+        )
+    if status == 404 and "model" in code:
+        return AccountError(
+            "model_not_found",
+            f"model {model!r} does not exist or this key cannot use it ({said})",
+            "name an available model in the requests (render --model), or use a key that has it",
+        )
+    if status == 404:
+        return AccountError(
+            "not_found",
+            f"{url} was not found at the server ({said})",
+            "check --base-url (it usually ends in /v1)",
+        )
+    if status == 400 and ("model" in code or "key" in code):
+        return AccountError(
+            code,
+            f"the server refused the model or the key ({said})",
+            "fix the model in the requests or OPENAI_API_KEY",
+        )
+    return None
 
 
 @dataclass
@@ -321,6 +394,7 @@ class RunStats:
     failed: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    hedged: int = 0
     errors: Counter = field(default_factory=Counter)
     finish_reasons: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
@@ -353,28 +427,41 @@ class Runner:
         self.key = key
         self.budget = RateBudget(config.rpm, config.tpm)
         self.stats = RunStats(0, 0)
+        self.stopped: AccountError | None = None
+        self.latencies: deque[float] = deque(maxlen=200)  # seconds of recent answered calls
 
     async def run(self, todo: list[RequestLine], on_progress=None) -> None:
-        """Send every request of `todo`, with at most `max_in_flight` at once."""
+        """Send every request of `todo`, with at most `max_in_flight` at once; raise
+        AccountError when an answer about the account stopped the run."""
         self.client = openai.AsyncOpenAI(
             api_key=self.key,
             base_url=self.config.base_url,
             max_retries=0,  # our policy decides
             timeout=self.config.timeout_s,
         )
-        queue = deque(todo)
+        self._queue = deque(todo)
+        self._tail = asyncio.Event()  # set once every request has been handed to a worker
+        self._stop = asyncio.Event()  # set with `stopped`: wakes requests waiting to retry
         self._file = open(self.requests_path, "rb")  # noqa: SIM115 (closed below)
         try:
             workers = min(self.config.max_in_flight, len(todo))
-            await asyncio.gather(*(self._worker(queue, on_progress) for _ in range(workers)))
+            await asyncio.gather(*(self._worker(on_progress) for _ in range(workers)))
         finally:
             self._file.close()
             await self.client.close()
+        if self.stopped:
+            raise self.stopped
 
-    async def _worker(self, queue: deque, on_progress) -> None:
-        while queue:
-            req = queue.popleft()
-            outcome = await self._send(req)
+    async def _worker(self, on_progress) -> None:
+        while self._queue and not self.stopped:
+            req = self._queue.popleft()
+            if not self._queue:
+                self._tail.set()
+            try:
+                outcome = await self._send(req)
+            except (AccountError, Stopped):
+                self.journal.release(req.custom_id)  # pending again: the rerun sends it
+                continue
             self.journal.finish(req.custom_id, outcome)
             self.stats.record(outcome)
             if on_progress:
@@ -390,6 +477,7 @@ class Runner:
             stop=stop_after_attempt(self.config.max_attempts),
             wait=self._wait,
             retry=retry_if_exception_type(Retryable),
+            sleep=self._sleep,
             reraise=True,
         )
         try:
@@ -411,6 +499,11 @@ class Runner:
         ).fetchone()
         return row[0] if row else 0
 
+    async def _sleep(self, seconds: float) -> None:
+        """Wait before a retry; cut short when the run stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
     def _wait(self, state) -> float:
         """Retry-After when the server gave one, else exponential backoff with jitter."""
         error = state.outcome.exception()
@@ -425,15 +518,14 @@ class Runner:
 
     async def _attempt(self, req: RequestLine, body: dict) -> Outcome:
         await self.budget.acquire(req.tokens)
+        if self.stopped:
+            raise Stopped
         self.journal.start_attempt(req.custom_id)
         try:
             try:
-                response = await self.client.post(
-                    req.url.removeprefix("/v1"), body=body, cast_to=httpx.Response
-                )
+                response = await self._post(req, body)
             except openai.APIStatusError as e:
-                self.budget.observe(e.response.headers)
-                raise self._status_error(e) from None
+                raise self._status_error(e, req) from None
             except openai.APITimeoutError:
                 raise Retryable(
                     "timeout", f"no answer within {self.config.timeout_s:g} s"
@@ -449,7 +541,7 @@ class Runner:
             if not isinstance(data, dict):
                 size = len(response.content)
                 raise Retryable("invalid_body", f"status 200 with {size} bytes of invalid JSON")
-        except (Retryable, Final) as e:
+        except (Retryable, Final, AccountError) as e:
             e.message = redact(e.message, self.key)
             self.stats.errors[e.kind] += 1
             self.journal.note_error(req.custom_id, f"{e.kind}: {e.message}")
@@ -457,18 +549,83 @@ class Runner:
         request_id = response.headers.get("x-request-id")
         return outcome_from_body(data, req.model, response.status_code, request_id, None, False)
 
-    def _status_error(self, e: openai.APIStatusError) -> Exception:
+    async def _post(self, req: RequestLine, body: dict) -> httpx.Response:
+        """One call. At the tail of the run, a call slower than the usual answer is sent once
+        more (charged to the budget and counted as an attempt); the first answer wins."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = asyncio.ensure_future(self._call(req, body))
+        calls = [first]
+        try:
+            if not self.config.hedge:
+                return await first
+            if not self._tail.is_set():
+                tail = asyncio.ensure_future(self._tail.wait())
+                await asyncio.wait({first, tail}, return_when=asyncio.FIRST_COMPLETED)
+                tail.cancel()
+            if first.done() or (after := self._hedge_after()) is None:
+                return await first
+            await asyncio.wait({first}, timeout=max(0.0, started + after - loop.time()))
+            if first.done():
+                return first.result()
+            await self.budget.acquire(req.tokens)
+            if first.done() or self.stopped:
+                return await first
+            self.journal.start_attempt(req.custom_id)
+            self.stats.hedged += 1
+            calls.append(asyncio.ensure_future(self._call(req, body)))
+            failure: BaseException | None = None
+            waiting = set(calls)
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    failure = failure or call.exception()
+                answered = [c for c in done if c.exception() is None]
+                if answered:
+                    return answered[0].result()
+            raise failure
+        finally:
+            for call in calls:
+                if not call.done():
+                    call.cancel()
+
+    async def _call(self, req: RequestLine, body: dict) -> httpx.Response:
+        started = time.monotonic()
+        response = await self.client.post(
+            req.url.removeprefix("/v1"), body=body, cast_to=httpx.Response
+        )
+        self.latencies.append(time.monotonic() - started)
+        return response
+
+    def _hedge_after(self) -> float | None:
+        """Seconds after which a call at the tail is sent again; None before 10 answers."""
+        if len(self.latencies) < 10:
+            return None
+        p90 = statistics.quantiles(self.latencies, n=10)[-1]
+        return max(HEDGE_MIN_S, HEDGE_FACTOR * p90)
+
+    def _status_error(self, e: openai.APIStatusError, req: RequestLine) -> Exception:
         status = e.status_code
         body = e.body if isinstance(e.body, dict) else {}
         detail = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
-        message = f"HTTP {status}: {detail.get('message') or e.message}"
+        code = str(detail.get("code") or detail.get("type") or "")
+        said = detail.get("message") or e.message
+        headers = e.response.headers
+        problem = account_error(status, code, said, req.model, req.url)
+        if problem:
+            if not self.stopped:  # no new request goes out from now on
+                self.stopped = problem
+                self._stop.set()
+            return problem
+        message = f"HTTP {status}: {said}"
         kind = f"http_{status}"
+        if status != 429:
+            self.budget.observe(headers)
         if status not in RETRYABLE_STATUS:
             return Final(kind, message, status)
-        wait = retry_after_s(e.response.headers)
-        if status == 429:
-            wait = wait if wait is not None else DEFAULT_PAUSE_S
-            self.budget.pause(wait)  # the whole client slows down, not only this request
+        wait = retry_after_s(headers)
+        if status == 429 and self.budget.refused(headers, req.tokens, wait or DEFAULT_PAUSE_S):
+            wait = wait if wait is not None else DEFAULT_PAUSE_S  # every sender paused as long
         return Retryable(kind, message, wait, status)
 
 
@@ -510,19 +667,15 @@ def run_requests(
         todo = [r for r in index if r.custom_id in todo_ids]
         runner = Runner(requests_path, journal, config, key)
         runner.stats = RunStats(total=len(index), skipped=len(index) - len(todo))
-        progress = _progress(console)
-        if progress is None:
-            asyncio.run(runner.run(todo))
-        else:
-            with progress:
-                task = progress.add_task("run", total=len(index), info="")
-                progress.update(task, completed=runner.stats.skipped)
-
-                def show(stats: RunStats) -> None:
-                    done = stats.skipped + stats.done + stats.failed
-                    progress.update(task, completed=done, info=stats.line())
-
-                asyncio.run(runner.run(todo, show))
+        try:
+            _send_all(runner, todo, len(index), console)
+        except AccountError as e:
+            counts = journal.counts()
+            e.pending = (
+                f": {counts.pending:,} of {counts.total:,} requests wait in {journal_path} "
+                f"({counts.done:,} already done; {output_path.name} not written)"
+            )
+            raise
         lines = export_responses(journal, output_path)
         counts = journal.counts()
     stats = runner.stats
@@ -537,7 +690,25 @@ def run_requests(
         cost_usd=counts.cost_usd,
         wall_s=time.monotonic() - started,
         output_lines=lines,
+        hedged=stats.hedged,
     )
+
+
+def _send_all(runner: Runner, todo: list[RequestLine], total: int, console: Console) -> None:
+    """Run the sender, with a live progress bar on a terminal."""
+    progress = _progress(console)
+    if progress is None:
+        asyncio.run(runner.run(todo))
+        return
+    with progress:
+        task = progress.add_task("run", total=total, info="")
+        progress.update(task, completed=runner.stats.skipped)
+
+        def show(stats: RunStats) -> None:
+            done = stats.skipped + stats.done + stats.failed
+            progress.update(task, completed=done, info=stats.line())
+
+        asyncio.run(runner.run(todo, show))
 
 
 def dry_run(requests_path: Path, journal_path: Path, config: RunConfig) -> Estimate:
