@@ -21,17 +21,29 @@ KEY = "sk-test-cli-0123456789SECRET"
 
 
 @pytest.fixture
-def server_process():
+def serve_process():
+    """Starts test servers in their own processes (`serve_process(*options)` -> base URL)."""
+    procs = []
+
+    def start(*options: str) -> str:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "openai_server.py"), *options],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc.stdout.readline().split()[-1]
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def server_process(serve_process):
     """A slowed test server in its own process; yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "openai_server.py"), "--latency", "0.2"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    base_url = proc.stdout.readline().split()[-1]
-    yield base_url
-    proc.terminate()
-    proc.wait(10)
+    return serve_process("--latency", "0.2")
 
 
 def cli(*args, **kwargs) -> subprocess.Popen:
@@ -149,3 +161,21 @@ def test_a_budget_or_duration_that_is_not_positive_is_a_usage_error(tmp_path, op
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2, err
     assert option in err and "Traceback" not in err
+
+
+def test_an_account_error_is_one_red_line_and_the_rerun_after_the_fix_finishes(
+    tmp_path, serve_process
+):
+    requests, output = tmp_path / "requests.jsonl", tmp_path / "responses.jsonl"
+    write_chat_requests(requests, 20)
+    no_credit = serve_process("--account-error", "insufficient_quota")
+    proc = cli(requests, "-o", output, "--base-url", no_credit)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "out of credit" in err and "add credit" in err and "20 of 20 requests wait" in err
+    assert not output.exists()
+    proc = cli(requests, "-o", output, "--base-url", serve_process())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(output.read_text().splitlines()) == 20

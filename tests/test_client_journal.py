@@ -37,6 +37,19 @@ def test_done_requests_are_not_sent_again_and_in_flight_ones_are(tmp_path):
         assert j.todo() == ["coco-2-detail", "coco-3-detail"]
 
 
+def test_a_released_request_is_pending_again_and_a_done_one_stays_done(tmp_path):
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.sync(REQS, resend_changed=False)
+        j.start_attempt("coco-1-detail")
+        j.finish("coco-1-detail", Outcome("done", 200, {"choices": []}))
+        j.start_attempt("coco-2-detail")
+        for cid in ("coco-1-detail", "coco-2-detail"):
+            j.release(cid)
+        assert j.counts().done == 1 and j.counts().pending == 2
+        status = dict(j.db.execute("SELECT custom_id, status FROM requests").fetchall())
+        assert status["coco-2-detail"] == "pending"
+
+
 def test_a_changed_request_that_is_done_is_refused_with_the_fix(tmp_path):
     with Journal(tmp_path / "j.sqlite") as j:
         j.sync(REQS, resend_changed=False)

@@ -14,7 +14,6 @@ from instructgen.client.limiter import (
     SLOWDOWN,
     RateBudget,
     budget_spent,
-    parse_duration,
     retry_after_s,
 )
 
@@ -27,20 +26,11 @@ class FakeClock:
         return self.now
 
 
-def test_reset_durations_in_openai_notation_are_seconds():
-    assert parse_duration("20ms") == pytest.approx(0.02)
-    assert parse_duration("1.5s") == pytest.approx(1.5)
-    assert parse_duration("6m0s") == pytest.approx(360)
-    assert parse_duration("1h2m3s") == pytest.approx(3723)
-    assert parse_duration("0.25") == pytest.approx(0.25)
-    assert parse_duration("soon") is None
-
-
-def test_retry_after_prefers_milliseconds_then_seconds_then_reset_headers():
+def test_retry_after_prefers_milliseconds_then_seconds():
     assert retry_after_s({"retry-after-ms": "250", "retry-after": "1"}) == pytest.approx(0.25)
     assert retry_after_s({"retry-after": "2"}) == pytest.approx(2)
-    resets = {"x-ratelimit-reset-requests": "120ms", "x-ratelimit-reset-tokens": "1s"}
-    assert retry_after_s(resets) == pytest.approx(1.0)
+    resets = {"x-ratelimit-reset-requests": "60s", "x-ratelimit-reset-tokens": "1s"}
+    assert retry_after_s(resets) is None  # when a budget is full again, not a wait
     assert retry_after_s({}) is None
 
 
@@ -83,7 +73,7 @@ def test_a_sender_woken_late_catches_up_within_the_seconds_share():
     clock.now += 0.2  # the event loop was busy
     woken = clock.now
     sent += send_for(budget, clock, 2.0)
-    assert sum(1 for t in sent if t == woken) >= 0.2 * 97 - 1  # caught up at once
+    assert sum(1 for t in sent if t == woken) >= min(0.2, BURST_S) * 97 - 1  # caught up at once
     assert busiest_second(sent) <= 97
 
 

@@ -202,6 +202,12 @@ def run(
         help="Send again done requests whose line changed in the requests file "
         "(otherwise such a change is an error).",
     ),
+    hedge: bool = typer.Option(
+        True,
+        help="At the tail of the run, send a call once more when it takes over 3x the usual "
+        "answer time (and over 1 s), so one stalled request does not hold the run; the "
+        "stalled call may still be billed.",
+    ),
 ) -> None:
     """Send requests.jsonl within rate limits, retrying faults; resumable from the journal."""
     from instructgen.client import runner
@@ -219,6 +225,7 @@ def run(
         max_attempts=max_attempts,
         timeout_s=timeout,
         resend_changed=resend_changed,
+        hedge=hedge,
     )
     if dry_run:
         est = runner.dry_run(requests, journal, config)
@@ -249,6 +256,8 @@ def run(
     else:
         summary = runner.run_requests(requests, output, journal, config, console, key)
     errors = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.items())) or "none"
+    if summary.hedged:
+        errors += f"; {summary.hedged:,} stalled call(s) sent again at the tail"
     finishes = ", ".join(f"{k} {v}" for k, v in sorted(summary.finish_reasons.items())) or "-"
     console.print(
         f"run: {summary.done:,} done, {summary.failed:,} failed of {summary.total:,} "

@@ -17,7 +17,6 @@ row, pauses every sender for its Retry-After and lowers the pace, which then cli
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -32,7 +31,6 @@ RECOVERY_PER_S = 0.02  # ... which climbs back by 2% of the budget per second
 MIN_PACE_FACTOR = 0.1
 CROWDED_429_SHARE = 0.05  # 5 of the last 100 answers were 429s: the budget is spent, whatever
 RECENT_ANSWERS = 100  # the headers say (a provider may report a minute's remaining budget)
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 class TokenBucket:
@@ -193,8 +191,9 @@ def budget_spent(headers: Mapping[str, str], tokens: int) -> bool:
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """The wait a 429 or 503 asks for, in seconds: `retry-after-ms`, `retry-after` (seconds or
-    an HTTP date), else the longest `x-ratelimit-reset-*`; None when none is given."""
+    """The wait a 429 or 503 asks for, in seconds: `retry-after-ms`, else `retry-after`
+    (seconds or an HTTP date); None when none is given. `x-ratelimit-reset-*` are not waits:
+    they tell when a budget is full again (a minute, for a per-minute one)."""
     ms = _number(headers.get("retry-after-ms"))
     if ms is not None:
         return ms / 1000
@@ -207,22 +206,7 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             pass
-    resets = [
-        parse_duration(headers[h])
-        for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-        if h in headers
-    ]
-    resets = [r for r in resets if r is not None]
-    return max(resets) if resets else None
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in an OpenAI reset duration such as `20ms`, `1.5s`, `6m0s`, `1h2m3s`."""
-    parts = _DURATION.findall(text.strip())
-    if not parts or "".join(n + u for n, u in parts) != text.strip():
-        return _number(text)
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(n) * scale[u] for n, u in parts)
+    return None
 
 
 def _number(text: str | None) -> float | None:
