@@ -9,9 +9,10 @@ second: no one-second window, however aligned, receives more than its share. Eve
 waits its turn in one queue (FIFO).
 
 The budgets follow the server's `x-ratelimit-limit-*` headers when those say less than the
-configured values. A 429 is told apart by its headers: one that shows budget left (a stray one,
-or another process's) is retried alone; one that shows the budget spent, or one of many in a
-row, pauses every sender for its Retry-After and lowers the pace, which then climbs back.
+configured values. A 429 is told apart by its headers: one that shows budget left (a stray one)
+is retried alone; one that shows the budget spent (by us or another process) pauses every
+sender for its Retry-After. When 429s are many among the recent answers, whatever the headers
+say, the pace drops too, and then climbs back slowly.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ PACE = 0.97  # send at 97% of a budget: no one-second window sees more than its 
 BURST_S = 0.25  # a full bucket holds a quarter second of budget, to catch up after a late wake-up
 WINDOW_S = 1.0  # ... within a second's share in any window of this length
 DEFAULT_PAUSE_S = 1.0  # pause after a 429 that shows the budget spent but names no wait
-SLOWDOWN = 0.8  # each budget-spent 429 (at most one a second) lowers the pace by 20% ...
+SLOWDOWN = 0.8  # many 429s lower the pace by 20% (at most once a second) ...
 RECOVERY_PER_S = 0.02  # ... which climbs back by 2% of the budget per second
 MIN_PACE_FACTOR = 0.1
 CROWDED_429_SHARE = 0.05  # 5 of the last 100 answers were 429s: the budget is spent, whatever
@@ -100,6 +101,7 @@ class RateBudget:
         self.factor_stamp = now
         self.last_slowdown = now - 1.0
         self.recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: a rate-limit 429
+        self.closed = False
         self._turn = asyncio.Lock()
 
     @property
@@ -125,11 +127,16 @@ class RateBudget:
         self.tokens.take(tokens)
 
     async def acquire(self, tokens: int) -> None:
-        """Wait until one request of `tokens` fits both budgets, then charge it."""
+        """Wait until one request of `tokens` fits both budgets, then charge it; once the
+        budget is closed, return at once."""
         async with self._turn:  # one waiter at a time: FIFO and evenly spaced
-            while (wait := self.delay(tokens)) > 0:
-                await asyncio.sleep(wait)
+            while not self.closed and (wait := self.delay(tokens)) > 0:
+                await asyncio.sleep(min(wait, 0.5))  # wake twice a second to see a close
             self.take(tokens)
+
+    def close(self) -> None:
+        """No more sending: every waiter returns at once (the run is stopping)."""
+        self.closed = True
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """After an answer that is not a 429: lower the budgets to the server's
@@ -139,28 +146,19 @@ class RateBudget:
 
     def refused(self, headers: Mapping[str, str], tokens: int, wait: float) -> bool:
         """After a rate-limit 429 of a request costing `tokens`: True when it shows the budget
-        spent, and then every sender pauses `wait` seconds and the pace drops; False when it
-        is a stray one, to be retried alone."""
+        spent, or 429s are many, and then every sender pauses `wait` seconds (and when many,
+        the pace drops); False when it is a stray one, to be retried alone."""
         self.recent.append(True)
         self._follow_limits(headers)
         crowded = sum(self.recent) >= CROWDED_429_SHARE * RECENT_ANSWERS
         if not (crowded or budget_spent(headers, tokens)):
             return False
         now = self.clock()
-        self.pause(wait)
-        if now - self.last_slowdown >= 1.0:  # one slowdown for a volley of 429s
+        self.paused_until = max(self.paused_until, now + wait)
+        if crowded and now - self.last_slowdown >= 1.0:  # one slowdown for a volley of 429s
             self.last_slowdown = now
             self._set_factor(max(MIN_PACE_FACTOR, self.factor * SLOWDOWN), now)
         return True
-
-    def pause(self, seconds: float) -> None:
-        """Every sender waits `seconds`, and the buckets restart empty."""
-        now = self.clock()
-        self.paused_until = max(self.paused_until, now + seconds)
-        for bucket in (self.requests, self.tokens):
-            bucket.refill(now)
-            bucket.level = min(bucket.level, 0.0)
-            bucket.stamp = max(bucket.stamp, self.paused_until)
 
     def _follow_limits(self, headers: Mapping[str, str]) -> None:
         for bucket, name in ((self.requests, "requests"), (self.tokens, "tokens")):

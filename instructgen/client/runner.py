@@ -440,7 +440,7 @@ class Runner:
             timeout=self.config.timeout_s,
         )
         self._queue = deque(todo)
-        self._tail = asyncio.Event()  # set once every request has been handed to a worker
+        self._tail = asyncio.get_running_loop().create_future()  # done once all are handed out
         self._stop = asyncio.Event()  # set with `stopped`: wakes requests waiting to retry
         self._file = open(self.requests_path, "rb")  # noqa: SIM115 (closed below)
         try:
@@ -455,8 +455,8 @@ class Runner:
     async def _worker(self, on_progress) -> None:
         while self._queue and not self.stopped:
             req = self._queue.popleft()
-            if not self._queue:
-                self._tail.set()
+            if not self._queue and not self._tail.done():
+                self._tail.set_result(None)
             try:
                 outcome = await self._send(req)
             except (AccountError, Stopped):
@@ -559,10 +559,8 @@ class Runner:
         try:
             if not self.config.hedge:
                 return await first
-            if not self._tail.is_set():
-                tail = asyncio.ensure_future(self._tail.wait())
-                await asyncio.wait({first, tail}, return_when=asyncio.FIRST_COMPLETED)
-                tail.cancel()
+            if not self._tail.done():
+                await asyncio.wait({first, self._tail}, return_when=asyncio.FIRST_COMPLETED)
             if first.done() or (after := self._hedge_after()) is None:
                 return await first
             await asyncio.wait({first}, timeout=max(0.0, started + after - loop.time()))
@@ -616,6 +614,7 @@ class Runner:
             if not self.stopped:  # no new request goes out from now on
                 self.stopped = problem
                 self._stop.set()
+                self.budget.close()
             return problem
         message = f"HTTP {status}: {said}"
         kind = f"http_{status}"
