@@ -10,5 +10,5 @@ DEFAULT_TPM = 450_000
 # Little's law: 450k TPM / ~2k tokens per request ~ 4 req/s x ~20 s per GPT-4o answer ~ 80.
 DEFAULT_MAX_IN_FLIGHT = 100
 DEFAULT_TIMEOUT_S = 120.0  # a long GPT-4-class completion can take a minute or more
-DEFAULT_MAX_ATTEMPTS = 6  # with backoff 1, 2, 4, 8, 16 s: rides out about half a minute
+DEFAULT_MAX_ATTEMPTS = 6  # with waits 0.1-0.5, 2, 4, 8, 16 s: rides out about half a minute
 DEFAULT_POLL_INTERVAL_S = 30.0  # Batch API status polls: a batch takes minutes to hours

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 
-PACE = 0.97  # send at 97% of a budget: no one-second window sees more than its share, jitter too
+PACE = 0.98  # send at 98% of a budget: no one-second window sees more than its share, jitter too
 BURST_S = 0.25  # a full bucket holds a quarter second of budget, to catch up after a late wake-up
 WINDOW_S = 1.0  # ... within a second's share in any window of this length
 DEFAULT_PAUSE_S = 1.0  # pause after a 429 that shows the budget spent but names no wait

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import statistics
 import time
 from collections import Counter, deque
@@ -505,10 +506,14 @@ class Runner:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     def _wait(self, state) -> float:
-        """Retry-After when the server gave one, else exponential backoff with jitter."""
+        """Retry-After when the server gave one; else a short random wait before the first
+        retry (most faults are single: a retry at the end of the run must not hold it), then
+        exponential backoff with jitter."""
         error = state.outcome.exception()
         if isinstance(error, Retryable) and error.retry_after is not None:
             return error.retry_after
+        if state.attempt_number == 1:
+            return random.uniform(0.1, 0.5) * self.config.backoff_initial_s
         backoff = wait_exponential_jitter(
             multiplier=self.config.backoff_initial_s,
             max=self.config.backoff_max_s,
