@@ -73,8 +73,8 @@ def test_every_request_gets_exactly_one_line_in_input_order(tmp_path, serve):
 
 @pytest.mark.parametrize("fault", ["429", "500", "502", "503", "drop", "truncated", "slow"])
 def test_retryable_faults_are_retried_until_the_request_succeeds(tmp_path, serve, fault):
-    server = serve(slow_s=1.5, injected_retry_after_ms=50)
-    summary, by_id = send(tmp_path, server, n=2, faults={0: f"{fault},{fault}"}, timeout_s=0.5)
+    server = serve(slow_s=2.5, injected_retry_after_ms=50)
+    summary, by_id = send(tmp_path, server, n=2, faults={0: f"{fault},{fault}"}, timeout_s=1.0)
     assert by_id["coco-0-conversation"]["response"]["status_code"] == 200
     assert journal_row(tmp_path, "coco-0-conversation")["attempts"] == 3
     assert sum(summary.errors.values()) == 2
