@@ -97,7 +97,7 @@ class RateBudget:
         self.requests = TokenBucket(rpm, now)
         self.tokens = TokenBucket(tpm, now)
         self.paused_until = now
-        self.factor = 1.0  # share of PACE sent at: lowered by budget-spent 429s, then recovering
+        self.factor = 1.0  # share of PACE sent at: lowered when 429s are many, then recovering
         self.factor_stamp = now
         self.last_slowdown = now - 1.0
         self.recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # True: a rate-limit 429
