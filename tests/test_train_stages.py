@@ -206,11 +206,28 @@ def test_lora_stage2_exports_a_plain_merged_checkpoint(stage1, towers, test_data
     assert not any("lora" in name for name in loaded.state_dict())
 
 
-def test_stage2_without_a_projector_is_a_clear_error(test_data, tmp_path):
+def test_stage2_without_a_projector_or_towers_is_a_clear_error(test_data, tmp_path):
     args = ["train", "--stage", "2", "--data", str(test_data / "train_instruct.json")]
     result = CliRunner().invoke(app, [*args, "--images", str(test_data), "-o", str(tmp_path)])
     assert isinstance(result.exception, InputError)
-    assert "pass --projector DIR" in str(result.exception)
+    assert "--vision MODEL and --llm MODEL" in str(result.exception)
+    assert "or --projector DIR" in str(result.exception)
+
+
+def test_stage2_without_a_projector_starts_fresh_with_the_feature_layer_asked(
+    towers, test_data, tmp_path
+):
+    """The paper's no-pretraining ablation, with the last vision layer's features."""
+    vision, llm = map(str, towers)
+    args = ["train", "--stage", "2", "--data", str(test_data / "train_instruct.json")]
+    args += ["--images", str(test_data / "train_images"), "--vision", vision, "--llm", llm]
+    args += ["-o", str(tmp_path), "--max-steps", "1", "--batch-size", "2"]
+    args += ["--micro-batch-size", "2", "--feature-layer", "-1", *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "instructgen_train.json").read_text())
+    assert (meta["stage"], meta["feature_layer"]) == (2, -1)
+    assert LlavaForConditionalGeneration.from_pretrained(tmp_path).config.vision_feature_layer == -1
 
 
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(towers, test_data, tmp_path):

@@ -54,13 +54,21 @@ def train(
         "Stage 2 defaults to the one stage 1 used.",
     ),
     projector_from: Path = typer.Option(
-        None, "--projector", help="Stage 2: the stage-1 output folder to start from."
+        None,
+        "--projector",
+        help="Stage 2: the stage-1 output folder to start from. Without it, stage 2 starts "
+        "from a fresh projector (no pretraining) and needs --vision and --llm.",
     ),
     projector: str = typer.Option(
-        "linear", "--projector-type", help="Stage 1: linear (the paper) or mlp2x_gelu."
+        "linear",
+        "--projector-type",
+        help="Stage 1 (or stage 2 without --projector): linear (the paper) or mlp2x_gelu.",
     ),
     feature_layer: int = typer.Option(
-        -2, "--feature-layer", help="Stage 1: vision layer whose patch features are used."
+        -2,
+        "--feature-layer",
+        help="Stage 1 (or stage 2 without --projector): vision layer whose patch features "
+        "are used; -2 the second-to-last (the paper), -1 the last. Stage 2 keeps stage 1's.",
     ),
     template: str = typer.Option(
         None, "--template", help="plain or v1 (Vicuna style). Default: plain in 1, v1 in 2."

@@ -1,9 +1,10 @@
 """The training loop for both stages, on accelerate (one process, DDP or DeepSpeed alike).
 
 Stage 1 trains the projector on pretrain.json with the `plain` template; stage 2 starts from
-the stage-1 projector and trains projector and LLM on llava_instruct.json with `v1`. The
-vision tower is frozen in both. Run it plainly, or under `accelerate launch --config_file
-configs/zero3.yaml` for many GPUs: accelerate does all the distributed work.
+the stage-1 projector (or a fresh one: no pretraining) and trains projector and LLM on
+llava_instruct.json with `v1`. The vision tower is frozen in both. Run it plainly, or under
+`accelerate launch --config_file configs/zero3.yaml` for many GPUs: accelerate does all the
+distributed work.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     towers = Towers(meta.vision, meta.llm, meta.projector, meta.feature_layer)
     model = build_model(towers, tokenizer, load_dtype)
     model.model.multi_modal_projector.float()
-    if cfg.stage == 2:
+    if cfg.stage == 2 and cfg.projector_from is not None:
         load_projector(model, cfg.projector_from)
     set_trainable(model, train_llm=train_llm)
     if cfg.lora_rank:
@@ -308,9 +309,7 @@ def _trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
     template = cfg.template or recipe.template
     if template not in TEMPLATES:
         raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
-    if cfg.stage == 2:
-        if cfg.projector_from is None:
-            raise InputError("stage 2 starts from the stage-1 projector: pass --projector DIR")
+    if cfg.stage == 2 and cfg.projector_from is not None:
         before = read_trained_with(cfg.projector_from)
         return TrainedWith(
             stage=2,
@@ -323,10 +322,18 @@ def _trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
         )
     if not cfg.vision or not cfg.llm:
         raise InputError(
-            "stage 1 needs --vision MODEL and --llm MODEL (hub names or local folders)"
+            f"stage {cfg.stage} needs --vision MODEL and --llm MODEL (hub names or local folders)"
+            + (", or --projector DIR (a finished stage 1)" if cfg.stage == 2 else "")
         )
+    # Stage 2 without a stage-1 projector starts from a fresh one (no pretraining).
     return TrainedWith(
-        1, cfg.vision, cfg.llm, cfg.projector, cfg.feature_layer, template, cfg.pad_to_square
+        cfg.stage,
+        cfg.vision,
+        cfg.llm,
+        cfg.projector,
+        cfg.feature_layer,
+        template,
+        cfg.pad_to_square,
     )
 
 
