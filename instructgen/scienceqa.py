@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from instructgen.contracts import IMAGE_TOKEN
 from instructgen.errors import InputError
 
 INPUT_LETTERS = {"C": "context", "Q": "question", "M": "options"}
 OUTPUT_LETTERS = {"A": "answer sentence", "L": "lecture", "E": "explanation"}
 DEFAULT_FORMAT = "QCM-LEA"  # reasoning before the answer, as in the paper
 OPTION_LETTERS = string.ascii_uppercase
-IMAGE_TOKEN = "<image>"
 # Answer-only formats ask for the letter; the phrasing is ours.
 LETTER_INSTRUCTION = "Reply with the letter of the correct option."
 QUESTION_CATEGORY = "scienceqa"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from instructgen.contracts import IMAGE_TOKEN
 from instructgen.errors import InputError
 from instructgen.scienceqa import (
     GROUPS,
-    IMAGE_TOKEN,
     LETTER_INSTRUCTION,
     Problem,
     breakdown_table,

@@ -104,6 +104,18 @@ def test_convert_writes_one_record_per_problem_of_the_split(official, tmp_path, 
             assert "image" not in r and "<image>" not in human
 
 
+def test_converted_records_are_what_the_trainer_reads(official, tmp_path, problems):
+    pytest.importorskip("torch")
+    from instructgen.train.data import check_template, read_records
+
+    images = official_images(tmp_path / "images", problems)
+    out = tmp_path / "train.json"
+    invoke("convert", *official, "--split", "train", "-o", out, "--images", images)
+    records = read_records(out, images)
+    check_template(records, "v1", out)
+    assert [len(r.images) for r in records] == [1, 1, 0, 0, 0, 1]
+
+
 def test_convert_without_images_says_the_paths_are_unchecked(official, tmp_path):
     result = invoke("convert", *official, "--split", "train", "-o", tmp_path / "t.json")
     assert "not checked" in result.output
