@@ -165,6 +165,15 @@ def test_an_unknown_split_names_the_splits_there_are(official, tmp_path):
     assert "no split 'dev'; it has test, train, val" in str(result.exception)
 
 
+def test_a_split_with_none_of_its_pids_in_the_problems_is_an_error(test_data, tmp_path):
+    splits = tmp_path / "pid_splits.json"
+    splits.write_text(json.dumps({"test": ["1801", "1802"]}))
+    result = invoke("score", "--problems", test_data / "scienceqa_problems.json",
+                    "--pid-splits", splits, "--split", "test", "--answers", splits,
+                    "-o", tmp_path / "r.json")  # fmt: skip
+    assert "holds none of the 2 pids of split test" in str(result.exception)
+
+
 def test_a_bad_problem_names_its_pid_and_field(test_data, tmp_path, problems):
     problems["9"]["answer"] = 3
     bad = tmp_path / "problems.json"

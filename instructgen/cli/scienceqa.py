@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -65,28 +66,12 @@ def _load(
     need_image_files: bool = True,
 ):
     """Read the split from whichever layout the options name; report what was read."""
-    from instructgen import scienceqa_files as sf
-
     if parquet and (problems or pid_splits):
         raise InputError("give --problems and --pid-splits, or --parquet, not both")
     if parquet:
         if images:
             raise InputError("--images is for the official layout; with --parquet use --images-out")
-        rows, has_images = sf.parquet_shape(parquet, split)
-        if need_image_files and has_images and images_out is None:
-            raise InputError("the parquet files embed images: pass --images-out DIR to write them")
-        with _progress(f"reading {sf.canonical_split(split)} parquet", rows) as advance:
-            read = sf.read_parquet(
-                parquet, split, images_out if need_image_files else None, advance
-            )
-        console.print(f"read {len(read.problems):,} rows of split {read.split} ({rows:,} rows)")
-        if need_image_files and has_images:
-            n_images = sum(p.image is not None for p in read.problems)
-            console.print(
-                f"images: {n_images:,} in {images_out}/ ({read.images_written:,} written, "
-                f"{n_images - read.images_written:,} already there)"
-            )
-        return read
+        return _load_parquet(parquet, split, images_out, need_image_files)
     if problems is None or pid_splits is None:
         raise InputError(
             "give --problems problems.json --pid-splits pid_splits.json (official layout) "
@@ -94,25 +79,55 @@ def _load(
         )
     if images_out:
         raise InputError("--images-out is for the parquet layout; use --images with problems.json")
+    return _load_official(problems, pid_splits, split, images, need_image_files)
+
+
+def _load_parquet(parquet: list[Path], split: str, images_out: Path | None, need_image_files: bool):
+    from instructgen import scienceqa_files as sf
+
+    rows, has_images = sf.parquet_shape(parquet, split)
+    if need_image_files and has_images and images_out is None:
+        raise InputError("the parquet files embed images: pass --images-out DIR to write them")
+    with _progress(f"reading {sf.canonical_split(split)} parquet", rows) as advance:
+        read = sf.read_parquet(parquet, split, images_out, advance)
+    if not read.problems:
+        raise InputError(f"the parquet files of split {read.split} hold no rows")
+    console.print(f"read {len(read.problems):,} rows of split {read.split}")
+    if need_image_files and has_images:
+        n_images = sum(p.image is not None for p in read.problems)
+        console.print(
+            f"images: {n_images:,} in {images_out}/ ({read.images_written:,} written, "
+            f"{n_images - read.images_written:,} already there)"
+        )
+    return read
+
+
+def _load_official(
+    problems: Path, pid_splits: Path, split: str, images: Path | None, need_image_files: bool
+):
+    from instructgen import scienceqa_files as sf
+
     read = sf.read_official(problems, pid_splits, split)
+    if not read.problems:
+        raise InputError(
+            f"{problems}: holds none of the {len(read.absent):,} pids of split {split}"
+        )
     listed = len(read.problems) + len(read.absent)
     absent = f" ({len(read.absent):,} absent, skipped)" if read.absent else ""
     console.print(
         f"split {split}: {listed:,} pids, {len(read.problems):,} in {problems.name}{absent}"
     )
-    if need_image_files:
-        n_images = sum(p.image is not None for p in read.problems)
-        if images:
-            read = sf.SplitProblems(
-                read.split, sf.locate_images(read.problems, images), read.absent
-            )
-            console.print(f"images: all {n_images:,} found under {images}/")
-        else:
-            console.print(
-                f"images: {n_images:,} paths follow the official layout "
-                "(<split>/<pid>/image.png under images/), not checked; pass --images DIR "
-                "to check them"
-            )
+    if not need_image_files:
+        return read
+    n_images = sum(p.image is not None for p in read.problems)
+    if images is None:
+        console.print(
+            f"images: {n_images:,} paths follow the official layout "
+            "(<split>/<pid>/image.png under images/), not checked; pass --images DIR to check them"
+        )
+        return read
+    read = replace(read, problems=sf.locate_images(read.problems, images))
+    console.print(f"images: all {n_images:,} found under {images}/")
     return read
 
 
