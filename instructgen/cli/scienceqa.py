@@ -264,9 +264,11 @@ def score(
         for reason in result.unparsed.values():
             reasons[reason] = reasons.get(reason, 0) + 1
         kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(reasons.items()))
-        console.print(f"[yellow]unparsed[/yellow] ({kinds}): {quote_pids(list(result.unparsed))}")
+        console.print(
+            f"[yellow]unparsed[/yellow] ({kinds}): {escape(quote_pids(list(result.unparsed)))}"
+        )
     if result.missing:
-        console.print(f"[yellow]missing[/yellow]: {quote_pids(result.missing)}")
+        console.print(f"[yellow]missing[/yellow]: {escape(quote_pids(result.missing))}")
     console.print(f"-> {output}", highlight=False)
 
 
