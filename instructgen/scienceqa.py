@@ -29,21 +29,10 @@ QUESTION_CATEGORY = "scienceqa"
 # The breakdown groups of the paper's table, in its column order.
 GROUPS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg")
 SUBJECTS = {"NAT": "natural science", "SOC": "social science", "LAN": "language science"}
-# Liu et al., "Visual Instruction Tuning" (NeurIPS 2023), Table 7, ScienceQA test split.
-PUBLISHED = {
-    "LLaVA (published)": (90.36, 95.95, 88.00, 89.49, 88.00, 90.66, 90.93, 90.90, 90.92),
-    "LLaVA+GPT-4 judge (published)": (
-        91.56,
-        96.74,
-        91.09,
-        90.62,
-        88.99,
-        93.52,
-        92.73,
-        92.16,
-        92.53,
-    ),
-}
+# Liu et al., "Visual Instruction Tuning" (NeurIPS 2023): the ScienceQA table, test split.
+_LLAVA = (90.36, 95.95, 88.00, 89.49, 88.00, 90.66, 90.93, 90.90, 90.92)
+_LLAVA_GPT4_JUDGE = (91.56, 96.74, 91.09, 90.62, 88.99, 93.52, 92.73, 92.16, 92.53)
+PUBLISHED = {"LLaVA (published)": _LLAVA, "LLaVA+GPT-4 judge (published)": _LLAVA_GPT4_JUDGE}
 
 _ANSWER_SENTENCE = re.compile(r"The answer is ([A-Z])\.")
 

@@ -24,7 +24,7 @@ _PROBLEMS = typer.Option(
     None, "--problems", help="Official layout: problems.json ({pid: problem})."
 )
 _PID_SPLITS = typer.Option(
-    None, "--pid-splits", help="Official layout: pid_splits.json ({split: [pid, ...]})."
+    None, "--pid-splits", help="Official layout: pid_splits.json (each split's list of pids)."
 )
 _PARQUET = typer.Option(
     None,
