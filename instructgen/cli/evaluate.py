@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from instructgen.cli.app import app, console
 from instructgen.cli.generate import run as run_command
@@ -216,3 +217,137 @@ def _answer_with_checkpoint(
         return answer_with_checkpoint(
             answerer, answers, images, batch_size, max_new_tokens, temperature, advance
         )
+
+
+@app.command()
+def judge(
+    questions: Path = typer.Option(
+        ..., "--questions", help="Questions (question_id, image, text, category)."
+    ),
+    contexts: Path = typer.Option(
+        ...,
+        "--contexts",
+        help="What the judge is told about each image: LLaVA's caps_boxes file (image, "
+        "captions, instances) or a contexts.jsonl of `coco`.",
+    ),
+    reference: Path = typer.Option(
+        ..., "--reference", help="Reference answers (answer format), shown as Assistant 1."
+    ),
+    candidate: Path = typer.Option(
+        ..., "--candidate", help="The answers to score (answer format), shown as Assistant 2."
+    ),
+    output: Path = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Folder: requests.jsonl, journal.sqlite, responses.jsonl, reviews.jsonl, "
+        "summary.json, scores.png.",
+    ),
+    model: str = typer.Option("gpt-4o", "--model", help="The judge model."),
+    temperature: float = typer.Option(
+        0.2, "--temperature", min=0.0, max=2.0, help="The judge's sampling temperature."
+    ),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="Longest verdict, tokens."),
+    swap: bool = typer.Option(
+        False,
+        "--swap",
+        help="Judge each question twice, the answers' order reversed; average both and report "
+        "the position bias (not in the paper's protocol; twice the cost).",
+    ),
+    compat: str | None = typer.Option(
+        None,
+        "--compat",
+        help="llava: LLaVA's arithmetic, an unparsed verdict counts as scores (-1, -1).",
+    ),
+    base_url: str | None = typer.Option(
+        None,
+        "--base-url",
+        envvar="OPENAI_BASE_URL",
+        help="OpenAI-compatible endpoint of the judge; default https://api.openai.com/v1.",
+    ),
+    rpm: int = RPM,
+    tpm: int = TPM,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    max_attempts: int = MAX_ATTEMPTS,
+    timeout: float = TIMEOUT,
+    batch_api: bool = BATCH_API,
+    poll_interval: float = POLL_INTERVAL,
+    dry_run: bool = DRY_RUN,
+) -> None:
+    """Score candidate answers against reference answers with a text-only GPT judge.
+
+    Relative score = 100 x mean(candidate) / mean(reference) per category and overall, over
+    the verdicts whose two scores parse; the others are counted as unparsed. Questions missing
+    an answer are listed and not judged (exit 1 once the others are scored). A killed judge
+    resumes from OUT/journal.sqlite.
+    """
+    from rich.table import Table
+
+    from instructgen.eval import judge as judging
+    from instructgen.eval.plot import plot_scores
+    from instructgen.eval.records import check_known, read_answers, read_contexts, read_questions
+    from instructgen.files import write_jsonl
+
+    if compat is not None and compat not in judging.COMPAT:
+        raise InstructgenError(f"--compat must be {', '.join(judging.COMPAT)}, not {compat!r}")
+    items = read_questions(questions)
+    answers = {}
+    for path in (reference, candidate):
+        answers[path] = read_answers(path)
+        check_known(answers[path], items, path)
+    pairs, missing = judging.match_pairs(
+        items, read_contexts(contexts), answers[reference], answers[candidate], contexts
+    )
+    if not pairs:
+        raise InstructgenError("no question has both a reference and a candidate answer")
+    settings = judging.JudgeSettings(model, temperature, max_tokens, swap, compat)
+    requests, responses = output / "requests.jsonl", output / "responses.jsonl"
+    n = write_jsonl(requests, judging.judge_requests(pairs, settings))
+    console.print(f"judge: {n:,} requests for {len(pairs):,} questions -> {requests}")
+    send = _sender(
+        output / "journal.sqlite", base_url, rpm, tpm, max_in_flight, max_attempts, timeout,
+        batch_api, poll_interval, dry_run,
+    )  # fmt: skip
+    if not send(requests, responses):
+        return
+    reviews = judging.make_reviews(pairs, judging.read_verdicts(responses), swap)
+    summary = judging.summarize(reviews, settings, missing)
+    judging.write_outputs(output, reviews, summary, swap)
+    names = [_name(answers[path], path) for path in (reference, candidate)]
+    plot_scores(summary, output / "scores.png", *names)
+    table = Table(title=f"{candidate.name} vs {reference.name} (judge {model})")
+    frame = judging.summary_frame(summary)
+    table.add_column("category")
+    for column in frame.columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    formats = {"relative": "{:.1f}", "reference_mean": "{:.2f}", "candidate_mean": "{:.2f}"}
+    formats["first_position_gain"] = "{:+.2f}"
+    for category, row in frame.iterrows():
+        cells = [
+            "-" if value is None or value != value else formats.get(col, "{:.0f}").format(value)
+            for col, value in row.items()
+        ]
+        table.add_row(str(category), *cells, style="bold" if category == "all" else None)
+    Console(width=max(Console().width, 110)).print(table)
+    console.print(
+        f"[green]wrote[/green] {output}/reviews.jsonl, summary.json, scores.png; relative "
+        f"score {_percent(summary['all']['relative'])}, {summary['all']['unparsed']} of "
+        f"{summary['all']['n']} verdicts unparsed",
+        highlight=False,
+    )
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise InstructgenError(
+            f"{len(missing)} question(s) were not judged, an answer is missing "
+            f"(question ids {shown}); the scores above cover the {len(pairs)} complete pairs"
+        )
+
+
+def _percent(relative: float | None) -> str:
+    return "- (no verdict parsed)" if relative is None else f"{relative:.1f}%"
+
+
+def _name(answers: dict, path: Path) -> str:
+    """The model_id(s) of an answers file, else the file's name."""
+    ids = {a.model_id for a in answers.values() if a.model_id}
+    return ", ".join(sorted(ids)) or path.name
