@@ -175,7 +175,7 @@ def answers_from_responses(
     """Answers from a responses.jsonl of `vision_request`s: (answers, failed, tokens)."""
     by_id = {custom_id(q): q for q in questions}
     answers, failed, tokens = [], 0, 0
-    for lineno, line in iter_jsonl(responses):
+    for _, line in iter_jsonl(responses):
         question = by_id.get(line.get("custom_id"))
         if question is None:
             continue
@@ -195,7 +195,6 @@ def answers_from_responses(
             "finish_reason": choice.get("finish_reason"),
             "completion_tokens": usage.get("completion_tokens"),
             "served_by": body.get("model"),
-            "response_line": f"{responses}:{lineno}",
         }
         model_answer = Answer(
             question.question_id,
