@@ -153,6 +153,7 @@ def trained(towers, test_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     vision, llm = towers
     common = ["--images", test_data / "train_images", "--max-steps", 1, "--batch-size", 2]
+    common += ["--micro-batch-size", 2]
     common += ["--workers", 0, "--precision", "fp32", "--no-gradient-checkpointing"]
     stage1 = ["--stage", 1, "--data", test_data / "train_pretrain.json", "--vision", vision]
     stage1 += ["--llm", llm, "-o", out / "stage1"]
@@ -220,3 +221,23 @@ def test_a_folder_that_is_not_a_llava_model_is_refused(qa90, towers, tmp_path):
     assert isinstance(result.exception, InputError)
     assert "model_type 'llama' is not a LLaVA model" in str(result.exception)
     assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_a_question_the_endpoint_refuses_is_reported_and_asked_again_on_rerun(
+    qa90, tmp_path, server
+):
+    questions, _ = qa90
+    lines = [json.loads(line) for line in questions.read_text().splitlines()]
+    original = lines[4]["text"]
+    lines[4]["text"] += " [[faults: 400]]"  # the test server answers this one with a 400
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "answers.jsonl"
+    result = endpoint(qa90, out, server)
+    assert result.exit_code == 1
+    assert "1 question(s) got no answer" in str(result.exception)
+    assert [a["question_id"] for a in read_lines(out)] == [0, 1, 2, 3, 5]
+    lines[4]["text"] = original
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = endpoint(qa90, out, server)
+    assert result.exit_code == 0, result.output
+    assert [a["question_id"] for a in read_lines(out)] == list(range(N))

@@ -200,6 +200,22 @@ def test_questions_missing_an_answer_are_listed_and_the_complete_pairs_judged(
     assert len(read_lines(out / "reviews.jsonl")) == 88
 
 
+def test_a_failed_judge_request_is_counted_as_failed_and_unparsed_and_exits_1(
+    tmp_path, qa90, candidate, server
+):
+    lines = [json.loads(line) for line in candidate.read_text().splitlines()]
+    lines[3]["text"] += " [[faults: 400]]"  # the test server refuses this request
+    candidate.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    result = judge(qa90, candidate, out, server(scripted()))
+    assert result.exit_code == 1
+    assert "1 judge request(s) failed" in str(result.exception)
+    conv = json.loads((out / "summary.json").read_text())["conv"]
+    assert (conv["n"], conv["unparsed"], conv["failed"], conv["relative"]) == (30, 1, 1, 75.0)
+    review = read_lines(out / "reviews.jsonl")[3]
+    assert review["scores"] is None and "HTTP 400" in review["error"]
+
+
 def test_answers_to_unknown_question_ids_are_refused_before_anything_is_written(
     tmp_path, qa90, candidate, server
 ):

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from instructgen.cli.app import app, console
+from instructgen.cli.generate import estimate_line
 from instructgen.cli.generate import run as run_command
 from instructgen.client import (
     DEFAULT_MAX_ATTEMPTS,
@@ -53,29 +54,24 @@ def _sender(
     poll_interval: float,
     dry_run: bool,
 ) -> Callable[[Path, Path], bool]:
-    """`send(requests, responses)`: `run` on a request file (its estimate first, its summary
-    after); False when it only estimated (--dry-run)."""
+    """`send(requests, responses)`: the cost estimate, then `run` on a request file (its
+    summary after); False when it only estimated (--dry-run)."""
 
     def send(requests: Path, responses: Path) -> bool:
-        options = dict(
-            base_url=base_url,
-            rpm=rpm,
-            tpm=tpm,
-            max_in_flight=max_in_flight,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            poll_interval=poll_interval,
-            resend_changed=False,
-            backend="openai",
-        )
-        run_command(
-            requests, output=responses, journal=journal, dry_run=True, batch_api=False, **options
-        )
+        from instructgen.client.runner import RunConfig
+        from instructgen.client.runner import dry_run as estimate
+
+        config = RunConfig(base_url=base_url, rpm=rpm, tpm=tpm)
+        line = estimate_line(estimate(requests, journal, config), rpm, tpm)
         if dry_run:
+            console.print(f"dry run: {line}. Nothing sent.")
             return False
+        console.print(f"estimate: {line}")
         run_command(
-            requests, output=responses, journal=journal, dry_run=False, batch_api=batch_api,
-            **options,
+            requests, output=responses, journal=journal, backend="openai", base_url=base_url,
+            rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, max_attempts=max_attempts,
+            timeout=timeout, dry_run=False, batch_api=batch_api, poll_interval=poll_interval,
+            resend_changed=False,
         )  # fmt: skip
         return True
 
@@ -335,12 +331,20 @@ def judge(
         f"{summary['all']['n']} verdicts unparsed",
         highlight=False,
     )
+    problems = []
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise InstructgenError(
+        problems.append(
             f"{len(missing)} question(s) were not judged, an answer is missing "
             f"(question ids {shown}); the scores above cover the {len(pairs)} complete pairs"
         )
+    if summary["all"]["failed"]:
+        problems.append(
+            f"{summary['all']['failed']} judge request(s) failed (their errors are in "
+            f"{output}/reviews.jsonl); rerun the same command to ask them again"
+        )
+    if problems:
+        raise InstructgenError("; ".join(problems))
 
 
 def _percent(relative: float | None) -> str:
