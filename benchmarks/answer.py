@@ -40,7 +40,7 @@ from instructgen.train.model import (  # noqa: E402
 
 IMAGES = ROOT / "tests" / "data" / "train_images"
 QUESTIONS = ROOT / "examples" / "llava-bench-qa90" / "qa90_questions.jsonl"
-DEFAULTS = {"small": (16, 32), "7b": (16, 64)}  # questions, max new tokens
+DEFAULTS = {"small": (16, 16), "7b": (16, 64)}  # questions, max new tokens
 
 
 def assemble(vision: Path, llm: Path, dtype: torch.dtype, device: str) -> Answerer:

@@ -4,6 +4,7 @@ verdicts are scripted per question, so that every score in the outputs is known.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from openai_server import OpenAITestServer, ServerConfig
@@ -22,15 +23,13 @@ VERDICT = {  # category -> a verdict in the form judges write it, reference 1st
 UNPARSED_QID = 89  # a complex question whose verdict gives no scores
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def qa90(shared_data):
     return shared_data / "llava"
 
 
-@pytest.fixture
-def candidate(tmp_path, qa90):
+def write_candidate(path):
     """Candidate answers to all 90 questions; each text names its question for the script."""
-    path = tmp_path / "candidate.jsonl"
     lines = [
         {"question_id": q, "prompt": "", "text": f"candidate {q}: an answer.", "answer_id": f"a{q}"}
         | {"model_id": "tiny-llava", "metadata": {}}
@@ -38,6 +37,11 @@ def candidate(tmp_path, qa90):
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+@pytest.fixture
+def candidate(tmp_path):
+    return write_candidate(tmp_path / "candidate.jsonl")
 
 
 def scripted(swap_verdict: str | None = None) -> dict[str, str]:
@@ -73,16 +77,24 @@ def judge(qa90, candidate, out, server, *extra):
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
 
 
+@pytest.fixture(scope="module")
+def judged(qa90, tmp_path_factory):
+    """One judge run with the scripted verdicts: (output folder, result, server)."""
+    root = tmp_path_factory.mktemp("judged")
+    server = OpenAITestServer(ServerConfig(replies=scripted())).start_in_thread()
+    result = judge(qa90, write_candidate(root / "candidate.jsonl"), root / "out", server)
+    assert result.exit_code == 0, result.output
+    yield root / "out", result, server
+    server.stop()
+
+
 def read_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_requests_show_context_question_reference_first_then_candidate(
-    tmp_path, qa90, candidate, server
-):
-    result = judge(qa90, candidate, tmp_path / "out", server(scripted()), "--dry-run")
-    assert result.exit_code == 0, result.output
-    requests = read_lines(tmp_path / "out" / "requests.jsonl")
+def test_requests_show_context_question_reference_first_then_candidate(judged, qa90):
+    out, _, _ = judged
+    requests = read_lines(out / "requests.jsonl")
     assert [r["custom_id"] for r in requests] == [f"judge-{q}" for q in range(90)]
     body = requests[0]["body"]
     assert (body["model"], body["temperature"]) == ("gpt-4o", 0.2)
@@ -93,24 +105,29 @@ def test_requests_show_context_question_reference_first_then_candidate(
     assert "What is the color of the two suitcases in the image?" in user
     assert user.index(reference) < user.index("candidate 0: an answer.")
     assert f"[Assistant 1]\n{reference}\n[End of Assistant 1]" in user
-    assert not (tmp_path / "out" / "reviews.jsonl").exists()  # a dry run sends nothing
 
 
-def test_relative_scores_per_category_and_overall_count_only_parsed_verdicts(
-    tmp_path, qa90, candidate, server
-):
-    out = tmp_path / "out"
-    result = judge(qa90, candidate, out, server(scripted()))
+def test_a_dry_run_writes_the_requests_and_sends_nothing(tmp_path, qa90, candidate, server):
+    running = server(scripted())
+    result = judge(qa90, candidate, tmp_path / "out", running, "--dry-run")
     assert result.exit_code == 0, result.output
+    assert "dry run: 90 of 90 requests to send" in result.output
+    assert len(read_lines(tmp_path / "out" / "requests.jsonl")) == 90
+    assert running.stats()["attempts"] == {}
+    assert not (tmp_path / "out" / "reviews.jsonl").exists()
+
+
+def test_relative_scores_per_category_and_overall_count_only_parsed_verdicts(judged):
+    out, result, _ = judged
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["conv"] | {} == summary["conv"]
     assert summary["conv"]["relative"] == 75.0
     assert summary["detail"]["relative"] == 100.0
     assert (summary["complex"]["relative"], summary["complex"]["unparsed"]) == (50.0, 1)
-    assert summary["all"] | {"reference_mean": None, "candidate_mean": None} == {
-        "relative": round(100 * (180 + 240 + 145) / (240 + 240 + 290), 1),
-        "reference_mean": None,
-        "candidate_mean": None,
+    # 89 parsed verdicts: conv 30 x (8, 6), detail 30 x (8, 8), complex 29 x (10, 5)
+    assert summary["all"] == {
+        "relative": round(100 * 565 / 770, 1),
+        "reference_mean": round(770 / 89, 3),
+        "candidate_mean": round(565 / 89, 3),
         "n": 90,
         "unparsed": 1,
         "failed": 0,
@@ -124,11 +141,11 @@ def test_relative_scores_per_category_and_overall_count_only_parsed_verdicts(
     }
     assert list(summary) == ["all", "conv", "detail", "complex", "judge"]
     reviews = read_lines(out / "reviews.jsonl")
-    assert reviews[0] | {"text": None} == {
+    assert reviews[0] == {
         "question_id": 0,
         "category": "conv",
         "scores": [8.0, 6.0],
-        "text": None,
+        "text": VERDICT["conv"],
     }
     assert reviews[UNPARSED_QID]["scores"] is None
     assert reviews[UNPARSED_QID]["text"] == "No scores here, sorry."
@@ -136,11 +153,12 @@ def test_relative_scores_per_category_and_overall_count_only_parsed_verdicts(
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_compat_llava_counts_an_unparsed_verdict_as_minus_one_twice(
-    tmp_path, qa90, candidate, server
-):
+def test_compat_llava_counts_an_unparsed_verdict_as_minus_one_twice(judged, qa90, tmp_path):
+    first, _, running = judged
     out = tmp_path / "out"
-    result = judge(qa90, candidate, out, server(scripted()), "--compat", "llava")
+    shutil.copytree(first, out)  # the same requests: the journal answers them all
+    candidate = first.parent / "candidate.jsonl"
+    result = judge(qa90, candidate, out, running, "--compat", "llava")
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complex"]["relative"] == round(100 * (145 - 1) / (290 - 1), 1)  # 49.8
@@ -169,18 +187,13 @@ def test_swap_averages_both_orders_and_reports_the_first_position_gain(
     assert review["scores"] == [7.0, 7.0]
 
 
-def test_a_rerun_resumes_from_the_journal_and_sends_nothing_again(
-    tmp_path, qa90, candidate, server
-):
-    running = server(scripted())
-    out = tmp_path / "out"
-    assert judge(qa90, candidate, out, running).exit_code == 0
+def test_a_rerun_resumes_from_the_journal_and_sends_nothing_again(judged, qa90):
+    out, _, running = judged
     first = (out / "summary.json").read_text()
-    sent = sum(running.stats()["attempts"].values())
-    assert sent == 90
-    result = judge(qa90, candidate, out, running)
+    assert sum(running.stats()["attempts"].values()) == 90
+    result = judge(qa90, out.parent / "candidate.jsonl", out, running)
     assert result.exit_code == 0, result.output
-    assert sum(running.stats()["attempts"].values()) == sent
+    assert sum(running.stats()["attempts"].values()) == 90
     assert (out / "summary.json").read_text() == first
 
 

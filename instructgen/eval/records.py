@@ -159,15 +159,3 @@ def image_key(name: str) -> int | None:
     digits = re.findall(r"\d+", Path(name).stem)
     return int(digits[-1]) if digits else None
 
-
-def context_for(image: str, contexts: dict[str, JudgeContext]) -> JudgeContext | None:
-    """The context of `image`: by file name, else by the COCO image id in the name."""
-    if image in contexts:
-        return contexts[image]
-    key = image_key(image)
-    if key is None:
-        return None
-    for name, context in contexts.items():
-        if image_key(name) == key:
-            return context
-    return None
