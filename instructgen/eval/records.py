@@ -158,4 +158,3 @@ def image_key(name: str) -> int | None:
     """The COCO image id in a file name (`COCO_val2014_000000441147.jpg` -> 441147)."""
     digits = re.findall(r"\d+", Path(name).stem)
     return int(digits[-1]) if digits else None
-
