@@ -197,6 +197,18 @@ def test_a_rerun_resumes_from_the_journal_and_sends_nothing_again(judged, qa90):
     assert (out / "summary.json").read_text() == first
 
 
+def test_judging_other_answers_into_a_judged_folder_is_refused(judged, qa90, tmp_path):
+    first, _, running = judged
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    result = judge(qa90, qa90 / "qa90_gpt4_answer.jsonl", out, running)
+    assert isinstance(result.exception, InputError)
+    assert "holds verdicts on other answers or judge settings (90 request(s) differ" in str(
+        result.exception
+    )
+    assert (out / "requests.jsonl").read_bytes() == (first / "requests.jsonl").read_bytes()
+
+
 def test_questions_missing_an_answer_are_listed_and_the_complete_pairs_judged(
     tmp_path, qa90, candidate, server
 ):

@@ -298,7 +298,10 @@ def judge(
         raise InstructgenError("no question has both a reference and a candidate answer")
     settings = judging.JudgeSettings(model, temperature, max_tokens, swap, compat)
     requests, responses = output / "requests.jsonl", output / "responses.jsonl"
-    n = write_jsonl(requests, judging.judge_requests(pairs, settings))
+    lines = list(judging.judge_requests(pairs, settings))
+    if (output / "journal.sqlite").is_file():
+        judging.check_same_requests(lines, requests)
+    n = write_jsonl(requests, lines)
     console.print(f"judge: {n:,} requests for {len(pairs):,} questions -> {requests}")
     send = _sender(
         output / "journal.sqlite", base_url, rpm, tpm, max_in_flight, max_attempts, timeout,

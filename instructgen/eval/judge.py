@@ -156,6 +156,21 @@ def judge_requests(pairs: list[Pair], settings: JudgeSettings, prompts: Path = J
             }
 
 
+def check_same_requests(lines: list[dict], previous: Path) -> None:
+    """Refuse to judge into a folder whose journal holds verdicts on other requests: other
+    answers, another judge model or settings. New questions (answers added since) are fine."""
+    if not previous.is_file():
+        return
+    before = {line.get("custom_id"): line for _, line in iter_jsonl(previous)}
+    changed = [line["custom_id"] for line in lines if before.get(line["custom_id"], line) != line]
+    if changed:
+        raise InputError(
+            f"{previous.parent}: holds verdicts on other answers or judge settings "
+            f"({len(changed)} request(s) differ, first {changed[0]}); judge into another -o, "
+            f"or delete {previous.parent / 'journal.sqlite'} to judge again (billed again)"
+        )
+
+
 def read_verdicts(responses: Path) -> dict[str, tuple[str | None, str | None]]:
     """custom_id -> (verdict text, error) from a responses.jsonl (Batch API output format)."""
     verdicts = {}
