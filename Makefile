@@ -1,7 +1,7 @@
 # instructgen: set-up, checks, and the COCO pipeline as incremental file targets.
 #
 #   make install                      .venv with the project, test tools and the spaCy model
-#   make test | lint | bench | demo
+#   make test | lint | bench | demo | eval
 #   make data/llava/llava_instruct.json CAPTIONS=... INSTANCES=... MODEL=gpt-4o
 #
 # Each pipeline file is rebuilt only when an input or one of its settings changed; an
@@ -26,7 +26,7 @@ RUN_ARGS   ?=
 SEED       ?= 0
 DATA       ?= data
 
-.PHONY: install install-train chromium test lint bench demo pipeline clean FORCE
+.PHONY: install install-train chromium test lint bench demo eval pipeline clean FORCE
 
 install: $(BIN)/instructgen.stamp
 $(BIN)/instructgen.stamp: pyproject.toml
@@ -90,5 +90,20 @@ demo: install
 	@ls -1 demo-out/*.jsonl demo-out/llava/*
 	@echo "review them: $(IG) review demo-out/llava/llava_instruct.json --contexts demo-out/contexts.jsonl --quarantine demo-out/llava/quarantine.jsonl"
 
+# --- evaluation ---------------------------------------------------------------------------
+# The GPT-judge relative score on the bundled LLaVA-Bench qa90 files; without OPENAI_API_KEY a
+# dry run (requests and the cost estimate). CANDIDATE: the answers of `instructgen answer`.
+QA90       := examples/llava-bench-qa90
+CANDIDATE  ?= $(QA90)/qa90_gpt4_answer.jsonl
+JUDGE      ?= gpt-4o
+JUDGE_ARGS ?=
+EVAL_OUT   ?= eval-out
+
+eval: install
+	$(IG) judge --questions $(QA90)/qa90_questions.jsonl \
+	  --contexts $(QA90)/caps_boxes_coco2014_val_80.jsonl \
+	  --reference $(QA90)/qa90_gpt4_answer.jsonl --candidate $(CANDIDATE) \
+	  -o $(EVAL_OUT) --model $(JUDGE) $(if $(OPENAI_API_KEY),,--dry-run) $(JUDGE_ARGS)
+
 clean:
-	rm -rf data demo-out benchmarks/out
+	rm -rf data demo-out eval-out benchmarks/out

@@ -4,7 +4,9 @@ Real sockets on 127.0.0.1, a small HTTP/1.1 implementation on asyncio streams, s
 can be exact: a socket closed mid-body, a body cut short, a reply that never comes in time.
 
 - `POST /v1/chat/completions` answers deterministic, clearly synthetic text (never a model) in
-  the conversation format (`Question:` / `Answer:` lines).
+  the conversation format (`Question:` / `Answer:` lines); a vision request (image parts as
+  `data:` URLs) gets a synthetic answer naming each image's type, size and hash; `replies`
+  scripts given texts for requests that contain given words.
 - Per-minute budgets (requests, tokens) are token buckets refilled continuously and quantized to
   one second, as OpenAI documents; an empty bucket answers 429 with `Retry-After`,
   `retry-after-ms` and `x-ratelimit-*` headers. Every answer carries the `x-ratelimit-*` headers.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -64,6 +67,7 @@ class ServerConfig:
     batch_polls: int = 2  # batch retrievals before a batch completes
     batch_failures: int = 0  # the first this many batches fail validation, answering nothing
     api_key: str | None = None  # when set, any other bearer token gets a 401
+    replies: dict[str, str] = field(default_factory=dict)  # scripted: see `reply_text`
 
 
 class _Bucket:
@@ -134,9 +138,42 @@ def synthetic_text(key: str) -> str:
     )
 
 
-def completion(body: dict, key: str, fault: str | None) -> dict:
+def image_parts(body: dict) -> list[str]:
+    """The `data:` URLs of the image parts of a chat request's messages."""
+    return [
+        part["image_url"]["url"]
+        for m in body.get("messages", [])
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image_url" and "url" in (part.get("image_url") or {})
+    ]
+
+
+def describe_image(url: str) -> str:
+    """What the server saw of one image: its media type, size in bytes and a hash prefix."""
+    head, _, data = url.partition(",")
+    raw = base64.b64decode(data) if head.endswith(";base64") else data.encode()
+    mime = head.removeprefix("data:").split(";")[0] or "unknown type"
+    return f"{mime}, {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def reply_text(body: dict, key: str, replies: dict[str, str] | None = None) -> str:
+    """The reply: the scripted one whose key text the request's messages contain (first
+    match), else a synthetic description of the images sent, else the synthetic dialogue."""
+    messages = json.dumps(body.get("messages", []), ensure_ascii=False)
+    for needle, reply in (replies or {}).items():
+        if json.dumps(needle, ensure_ascii=False)[1:-1] in messages:
+            return reply
+    images = image_parts(body)
+    if images:
+        seen = "; ".join(describe_image(url) for url in images)
+        return f"Synthetic answer from the instructgen test server, not a model (images: {seen})."
+    return synthetic_text(key)
+
+
+def completion(body: dict, key: str, fault: str | None, replies: dict | None = None) -> dict:
     """A chat.completion object for `body`, shaped by a 200-status fault if any."""
-    text = synthetic_text(key)
+    text = reply_text(body, key, replies)
     finish = "stop"
     if fault == "length":
         text, finish = text[: len(text) // 2], "length"
@@ -313,7 +350,7 @@ class OpenAITestServer:
         if fault == "401":  # echoes the credential, as careless servers do, to test redaction
             message = f"Injected authentication error for {self.last_auth}."
             return _error(401, message, "invalid_api_key", limits)
-        data = json.dumps(completion(body, key, fault)).encode()
+        data = json.dumps(completion(body, key, fault, self.config.replies)).encode()
         headers = limits | {"x-request-id": f"req_test_{key}_{self.attempts[key]}"}
         if fault == "truncated":
             return _Reply(200, data[: len(data) // 2], headers)
@@ -433,7 +470,8 @@ class OpenAITestServer:
                 err.append(row | {"response": response | {"request_id": f"req_b_{key}"}})
                 continue
             self.answered[key] += 1
-            body_out = completion(body, key, fault if fault in FAULT_KINDS[9:] else None)
+            kind = fault if fault in FAULT_KINDS[9:] else None
+            body_out = completion(body, key, kind, self.config.replies)
             response = {"status_code": 200, "request_id": f"req_b_{key}", "body": body_out}
             out.append(row | {"response": response})
         for rows, slot in ((out, "output_file_id"), (err, "error_file_id")):

@@ -139,6 +139,19 @@ def _seconds(value: float) -> float:
     return value
 
 
+def estimate_line(est, rpm: int, tpm: int) -> str:
+    """What a run would send and cost, at most, and how long it takes at these budgets."""
+    cost = "unknown (no price for the model)"
+    if est.max_cost_usd is not None:
+        cost = f"${est.prompt_cost_usd:,.2f} prompts, at most ${est.max_cost_usd:,.2f} in all"
+        cost += f" (Batch API: at most ${est.max_cost_usd / 2:,.2f})"
+    return (
+        f"{est.to_send:,} of {est.total:,} requests to send; {est.prompt_tokens:,} prompt "
+        f"tokens, at most {est.max_completion_tokens:,} completion tokens; {cost}; about "
+        f"{est.minutes:,.1f} min at {rpm:,} RPM / {tpm:,} TPM"
+    )
+
+
 @app.command()
 def run(
     requests: Path = typer.Argument(..., help="requests.jsonl (OpenAI Batch API input lines)."),
@@ -222,16 +235,7 @@ def run(
     )
     if dry_run:
         est = runner.dry_run(requests, journal, config)
-        cost = "unknown (no price for the model)"
-        if est.max_cost_usd is not None:
-            cost = f"${est.prompt_cost_usd:,.2f} prompts, at most ${est.max_cost_usd:,.2f} in all"
-            cost += f" (Batch API: at most ${est.max_cost_usd / 2:,.2f})"
-        console.print(
-            f"dry run: {est.to_send:,} of {est.total:,} requests to send; "
-            f"{est.prompt_tokens:,} prompt tokens, at most {est.max_completion_tokens:,} "
-            f"completion tokens; {cost}; about {est.minutes:,.1f} min at {rpm:,} RPM / "
-            f"{tpm:,} TPM. Nothing sent."
-        )
+        console.print(f"dry run: {estimate_line(est, rpm, tpm)}. Nothing sent.")
         return
     if backend == "template":
         from instructgen.template_backend import write_template_responses
