@@ -86,6 +86,35 @@ def test_endpoint_answers_carry_the_image_and_are_written_in_llava_answer_format
     assert not (tmp_path / "answers.jsonl.partial").exists()
 
 
+def test_text_only_questions_are_sent_without_an_image_and_need_no_image_folder(tmp_path, server):
+    questions = tmp_path / "questions.jsonl"
+    lines = [
+        {"question_id": "sqa-1", "text": "Which is a mammal?\nOptions: (A) frog (B) otter",
+         "category": "scienceqa"},
+        {"question_id": "sqa-2", "text": "Which word is a noun?", "category": "scienceqa"},
+    ]  # fmt: skip
+    questions.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "answers.jsonl"
+    result = answer(
+        "--questions", questions, "-o", out, "--model", "gpt-4o", "--base-url", server.base_url
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [a["question_id"] for a in read_lines(out)] == ["sqa-1", "sqa-2"]
+    requests = read_lines(tmp_path / "answers.requests.jsonl")
+    assert [r["body"]["messages"][0]["content"] for r in requests] == [x["text"] for x in lines]
+
+
+def test_a_question_with_an_image_and_no_image_folder_is_refused(qa90, tmp_path, server):
+    result = answer(
+        "--questions", qa90[0], "-o", tmp_path / "a.jsonl", "--model", "gpt-4o",
+        "--base-url", server.base_url,
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert isinstance(result.exception, InputError)
+    assert "--images" in str(result.exception)
+    assert not (tmp_path / "a.jsonl").exists()
+
+
 def test_a_rerun_skips_answered_questions_and_asks_only_the_rest(qa90, tmp_path, server):
     out = tmp_path / "answers.jsonl"
     assert endpoint(qa90, out, server).exit_code == 0
@@ -209,6 +238,24 @@ def test_batched_answers_equal_answers_one_at_a_time(qa90, towers, tmp_path):
     alone = [generate_batch(answerer, [q], qa90[1], 8, 0.0)[0] for q in questions]
     assert batched == alone
     assert len({text for text, _, _ in alone}) > 1
+
+
+@pytest.mark.train
+def test_a_batch_mixing_text_only_and_image_questions_answers_each_as_alone(qa90, trained):
+    """Image rows get their own pixels in row order; text-only rows get no image tokens."""
+    import dataclasses
+
+    import torch
+
+    from instructgen.eval.generate import generate_batch, load_answerer
+    from instructgen.eval.records import read_questions
+
+    answerer = load_answerer(trained, torch.float32, "cpu")
+    questions = read_questions(qa90[0])
+    mixed = [dataclasses.replace(q, image=None) if i % 2 else q for i, q in enumerate(questions)]
+    batched = generate_batch(answerer, mixed, qa90[1], 6, 0.0)
+    alone = [generate_batch(answerer, [q], qa90[1], 6, 0.0)[0] for q in mixed]
+    assert batched == alone
 
 
 @pytest.mark.train

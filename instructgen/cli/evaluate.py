@@ -83,7 +83,11 @@ def answer(
     questions: Path = typer.Option(
         ..., "--questions", help="Questions (LLaVA format: question_id, image, text, category)."
     ),
-    images: Path = typer.Option(..., "--images", help="Folder holding the questions' images."),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Folder holding the questions' images (needed unless every question is text-only).",
+    ),
     output: Path = typer.Option(
         ..., "-o", "--output", help="answers.jsonl to write (LLaVA's answer format)."
     ),

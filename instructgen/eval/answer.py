@@ -106,11 +106,20 @@ def _read_partial(path: Path) -> dict[int | str, Answer]:
     return answers
 
 
-def check_images(questions: list[Question], images: Path) -> None:
+def check_images(questions: list[Question], images: Path | None) -> None:
     """Every question's image must exist before any model or endpoint is asked."""
+    pictured = [q for q in questions if q.image is not None]
+    if not pictured:
+        return
+    if images is None:
+        q = pictured[0]
+        raise InputError(
+            f"{len(pictured)} question(s) have an image, first {q.image} (question "
+            f"{q.question_id!r}); pass the image folder with --images"
+        )
     if not Path(images).is_dir():
         raise InputError(f"{images}: no such image folder (pass the folder with --images)")
-    missing = [q for q in questions if not (Path(images) / q.image).is_file()]
+    missing = [q for q in pictured if not (Path(images) / q.image).is_file()]
     if missing:
         q = missing[0]
         raise InputError(
@@ -134,13 +143,16 @@ def custom_id(question: Question) -> str:
 
 
 def vision_request(
-    question: Question, images: Path, model: str, temperature: float, max_tokens: int
+    question: Question, images: Path | None, model: str, temperature: float, max_tokens: int
 ) -> dict:
-    """One Batch API input line: the question's text and its image in one user message."""
-    content = [
-        {"type": "text", "text": question.text},
-        {"type": "image_url", "image_url": {"url": data_url(Path(images) / question.image)}},
-    ]
+    """One Batch API input line: the question's text and its image (if any) in one user
+    message."""
+    content: str | list[dict] = question.text
+    if question.image is not None:
+        content = [
+            {"type": "text", "text": question.text},
+            {"type": "image_url", "image_url": {"url": data_url(Path(images) / question.image)}},
+        ]
     body = {
         "model": model,
         "messages": [{"role": "user", "content": content}],
@@ -158,7 +170,7 @@ def vision_request(
 def write_vision_requests(
     path: Path,
     questions: list[Question],
-    images: Path,
+    images: Path | None,
     model: str,
     temperature: float,
     max_tokens: int,
@@ -220,7 +232,7 @@ def endpoint_files(output: Path) -> tuple[Path, Path, Path]:
 
 def answer_with_endpoint(
     questions: list[Question],
-    images: Path,
+    images: Path | None,
     output: Path,
     model: str,
     temperature: float,

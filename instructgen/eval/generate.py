@@ -73,11 +73,11 @@ def load_answerer(
     return Answerer(model.to(device).eval(), tokenizer, processor, chosen, pad)
 
 
-def prompt_ids(answerer: Answerer, question: str) -> list[int]:
-    """Token ids of the prompt for one question about one image, as in training."""
+def prompt_ids(answerer: Answerer, question: str, has_image: bool) -> list[int]:
+    """Token ids of the prompt for one question, about one image or none, as in training."""
     config = answerer.model.config
     example = tokenize_pieces(
-        chat_prompt_pieces(question, answerer.template, has_image=True),
+        chat_prompt_pieces(question, answerer.template, has_image),
         answerer.tokenizer,
         config.image_token_index,
         tokens_per_image(config.vision_config),
@@ -90,30 +90,33 @@ def prompt_ids(answerer: Answerer, question: str) -> list[int]:
 def generate_batch(
     answerer: Answerer,
     questions: list[Question],
-    images: Path,
+    images: Path | None,
     max_new_tokens: int,
     temperature: float,
 ) -> list[tuple[str, int, bool]]:
     """Answers to `questions` in one left-padded batch: (text, new tokens, ended by eos)."""
     model, tokenizer = answerer.model, answerer.tokenizer
-    prompts = [prompt_ids(answerer, q.text) for q in questions]
+    prompts = [prompt_ids(answerer, q.text, q.image is not None) for q in questions]
     width = max(map(len, prompts))
     input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, ids in enumerate(prompts):  # left padding: every prompt ends at the last column
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention_mask[row, width - len(ids) :] = 1
-    pixels = load_pixels(
-        [Path(images) / q.image for q in questions], answerer.processor, answerer.pad_to_square
-    )
+    pictured = [Path(images) / q.image for q in questions if q.image is not None]
+    # one row of pixels per image, in row order: the model fills the image tokens in that order
+    images_in = {}  # no pixel_values key at all for text alone: generate() would encode None
+    if pictured:
+        pixels = load_pixels(pictured, answerer.processor, answerer.pad_to_square)
+        images_in["pixel_values"] = pixels.to(model.device, model.dtype)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
     out = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
-        pixel_values=pixels.to(model.device, model.dtype),
         max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **images_in,
         **({"do_sample": False} | sampling),
     )
     results = []
@@ -127,7 +130,7 @@ def generate_batch(
 def answer_with_checkpoint(
     answerer: Answerer,
     answers: AnswerFile,
-    images: Path,
+    images: Path | None,
     batch_size: int,
     max_new_tokens: int,
     temperature: float,

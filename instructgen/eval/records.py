@@ -21,10 +21,11 @@ from instructgen.files import iter_jsonl
 
 @dataclass(frozen=True, slots=True)
 class Question:
-    """One evaluation question about one image (file name relative to the image folder)."""
+    """One evaluation question, about one image (a file name relative to the image folder) or,
+    with `image` None, about text alone (ScienceQA's questions without a picture)."""
 
     question_id: int | str
-    image: str
+    image: str | None
     text: str
     category: str
 
@@ -73,7 +74,8 @@ def _question_id(obj: dict, where: str) -> int | str:
 
 
 def read_questions(path: Path) -> list[Question]:
-    """Read a questions file; a line without id, image or text, or a repeated id, is an error."""
+    """Read a questions file; a line without id or text, an image that is not a file name, or a
+    repeated id, is an error. A line without `image` is a text-only question."""
     questions: list[Question] = []
     seen: dict[int | str, int] = {}
     for lineno, obj in iter_jsonl(path):
@@ -83,8 +85,8 @@ def read_questions(path: Path) -> list[Question]:
             raise InputError(f"{where}: question_id {qid!r} already used on line {seen[qid]}")
         seen[qid] = lineno
         image, text = obj.get("image"), obj.get("text")
-        if not isinstance(image, str) or not image:
-            raise InputError(f"{where}: question {qid!r} has no image (a file name)")
+        if image is not None and (not isinstance(image, str) or not image):
+            raise InputError(f"{where}: question {qid!r}: image must be a file name or absent")
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}: question {qid!r} has no text")
         questions.append(Question(qid, image, text, str(obj.get("category") or "all")))
