@@ -184,7 +184,10 @@ def iter_contexts(
         summary.contexts += 1
         summary.captions += len(captions)
         summary.boxes += len(boxes)
-        yield ImageContext(image_id, img["file_name"], width, height, captions, tuple(boxes))
+        coco_url = img.get("coco_url") or None
+        yield ImageContext(
+            image_id, img["file_name"], width, height, captions, tuple(boxes), coco_url
+        )
 
 
 def write_contexts(
