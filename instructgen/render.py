@@ -59,6 +59,11 @@ class _RequestLineWriter:
         return f'{{"custom_id": {cid}{self._head}{user}{self._tail}'
 
 
+def _read_contexts(path: Path) -> Iterator[ImageContext]:
+    for lineno, obj in iter_jsonl(path):
+        yield ImageContext.from_json(obj, where=f"{path}:{lineno}")
+
+
 def render_requests(
     contexts_path: Path,
     output: Path,
@@ -84,10 +89,7 @@ def render_requests(
                 f"--image {image.mode}: model {model} takes no image input; choose a vision "
                 "model (gpt-4o, gpt-4o-mini, gpt-4.1, ...) or render without --image"
             )
-        image.check(
-            (ImageContext.from_json(o, f"{contexts_path}:{n}") for n, o in iter_jsonl(contexts_path)),
-            str(contexts_path),
-        )
+        image.check(_read_contexts(contexts_path), str(contexts_path))
     writers = [
         _RequestLineWriter(
             load_task_prompt(t, prompts_dir, seeds_dir, image is not None),
@@ -206,12 +208,7 @@ class _ImageCounter:
 
     def _context_size(self, image_id: int | None) -> tuple[int, int] | None:
         if self._sizes is None:  # read only when a request sends an image by URL
-            path = self.contexts_path
-            contexts = (
-                (ImageContext.from_json(o, f"{path}:{n}") for n, o in iter_jsonl(path))
-                if path
-                else ()
-            )
+            contexts = _read_contexts(self.contexts_path) if self.contexts_path else ()
             self._sizes = {c.image_id: (c.width, c.height) for c in contexts}
         return self._sizes.get(image_id)
 

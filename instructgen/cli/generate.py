@@ -83,7 +83,8 @@ def render(
         None, help="inline mode: the folder holding the images' files (e.g. COCO train2017/)."
     ),
     image_max_side: int = typer.Option(
-        DEFAULT_MAX_SIDE, help="inline mode: shrink each image so its longest side is at most this (px)."
+        DEFAULT_MAX_SIDE,
+        help="inline mode: shrink each image so its longest side is at most this (px).",
     ),
     image_detail: str = typer.Option(
         DEFAULT_DETAIL, help="The image_url detail asked of the API: low, high or auto."
