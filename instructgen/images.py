@@ -43,6 +43,10 @@ class ImageInput:
             raise InputError(f"--image must be one of {', '.join(IMAGE_MODES)}, not {self.mode!r}")
         if self.detail not in DETAILS:
             raise InputError(f"--image-detail must be one of {', '.join(DETAILS)}")
+        if self.mode == "url" and self.images_dir is not None:
+            raise InputError("--images is for --image inline; url mode sends addresses")
+        if self.mode == "inline" and self.base_url is not None:
+            raise InputError("--image-base-url is for --image url; inline mode reads --images")
         if self.mode == "inline" and self.images_dir is None:
             raise InputError("--image inline needs --images DIR (the folder of the JPEG files)")
         if self.mode == "inline" and not Path(self.images_dir).is_dir():

@@ -225,3 +225,19 @@ def test_image_totals_leave_out_the_requests_already_done(contexts):
     totals = image_totals(contexts.parent / "requests.jsonl", contexts, done)
     assert totals.images == len(requests) - 5 and totals.tokens == 85 * (len(requests) - 5)
     assert totals.cost_usd == pytest.approx(85 * (len(requests) - 5) * 2.50 / 1e6)
+
+
+def test_an_image_that_is_no_jpeg_is_sent_as_one(contexts, coco_mini, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(coco_mini / "train2017", images)
+    name = next(iter_jsonl(contexts))[1]["file_name"]
+    Image.open(images / name).save(images / name, "PNG")  # a PNG under a .jpg name
+    request = rendered(contexts, ImageInput("inline", images_dir=images))[0]
+    assert decoded(image_parts(request)[0]["image_url"]["url"]).format == "JPEG"
+
+
+def test_options_of_the_other_image_mode_are_refused(coco_mini):
+    with pytest.raises(InputError, match="--images is for --image inline"):
+        ImageInput("url", images_dir=coco_mini / "train2017")
+    with pytest.raises(InputError, match="--image-base-url is for --image url"):
+        ImageInput("inline", base_url="https://example.org/", images_dir=coco_mini / "train2017")
