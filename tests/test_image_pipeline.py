@@ -78,7 +78,9 @@ def test_a_batch_api_run_sends_exactly_one_image_part_per_request(job, server, t
     assert list(server.stats()["image_parts"].values()) == [1] * LIMIT * 3
 
 
-def test_build_records_the_image_mode_on_each_record_and_counts_it(job, server, tmp_path):
+@pytest.fixture
+def built(job, server, tmp_path) -> dict:
+    """The inline-image job run against the test server and built into tmp_path/out."""
     responses = tmp_path / "responses.jsonl"
     run_requests(
         job["requests"],
@@ -88,23 +90,17 @@ def test_build_records_the_image_mode_on_each_record_and_counts_it(job, server, 
         Console(file=io.StringIO()),
         KEY,
     )
-    stats = build(responses, job["requests"], job["contexts"], tmp_path / "out")
+    return build(responses, job["requests"], job["contexts"], tmp_path / "out")
+
+
+def test_build_records_the_image_mode_on_each_record_and_counts_it(built, tmp_path):
+    stats = built
     records = json.loads((tmp_path / "out" / "llava_instruct.json").read_text())
     assert records and all(r["image_mode"] == "inline" for r in records)
     assert stats["records_per_image_mode"] == {"none": 0, "url": 0, "inline": len(records)}
 
 
-def test_the_review_page_shows_the_image_mode(job, server, tmp_path):
-    responses = tmp_path / "responses.jsonl"
-    run_requests(
-        job["requests"],
-        responses,
-        tmp_path / "journal.sqlite",
-        RunConfig(base_url=server.base_url, timeout_s=10.0),
-        Console(file=io.StringIO()),
-        KEY,
-    )
-    build(responses, job["requests"], job["contexts"], tmp_path / "out")
+def test_the_review_page_shows_the_image_mode(job, built, tmp_path):
     sources = store.Sources(
         tmp_path / "out" / "llava_instruct.json",
         job["contexts"],
@@ -115,8 +111,8 @@ def test_the_review_page_shows_the_image_mode(job, server, tmp_path):
     conn.close()
     cid = json.loads(sources.records.read_text())[0]["custom_id"]
     client = TestClient(create_app(tmp_path / "review.sqlite", job["images"]))
-    assert 'class="pill image-mode"' in client.get(f"/records/{cid}").text
-    assert ">image: inline</span>" in client.get(f"/records/{cid}").text
+    page = client.get(f"/records/{cid}").text
+    assert '<span class="pill image-mode"' in page and ">image: inline</span>" in page
 
 
 def instructgen(*args) -> subprocess.CompletedProcess:
