@@ -3,6 +3,7 @@
 #   make install                      .venv with the project, test tools and the spaCy model
 #   make test | lint | bench | demo | eval
 #   make data/llava/llava_instruct.json CAPTIONS=... INSTANCES=... MODEL=gpt-4o
+#   ... IMAGE=url (the model sees coco_url too) or IMAGE=inline IMAGES=train2017/
 #
 # Each pipeline file is rebuilt only when an input or one of its settings changed; an
 # interrupted `run` resumes from data/journal.sqlite without re-sending finished requests.
@@ -21,6 +22,9 @@ LIMIT      ?=
 MODEL      ?= gpt-4o
 TASKS      ?= conversation,detail,complex_reasoning
 MAX_TOKENS ?= 1024
+IMAGE      ?= none
+IMAGES     ?=
+IMAGE_DETAIL ?= high
 BACKEND    ?= openai
 RUN_ARGS   ?=
 SEED       ?= 0
@@ -61,7 +65,7 @@ bench: install
 # --- the COCO pipeline -------------------------------------------------------------------
 # A settings file changes only when its settings do, so Make rebuilds exactly what they affect.
 coco_SETTINGS   = $(CAPTIONS) $(INSTANCES) $(LIMIT)
-render_SETTINGS = $(MODEL) $(TASKS) $(MAX_TOKENS)
+render_SETTINGS = $(MODEL) $(TASKS) $(MAX_TOKENS) $(IMAGE) $(IMAGES) $(IMAGE_DETAIL)
 run_SETTINGS    = $(BACKEND)
 build_SETTINGS  = $(SEED)
 $(DATA)/.%-settings: FORCE
@@ -72,7 +76,9 @@ $(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(DATA)/.coco-settings | instal
 	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT))
 
 $(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
-	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS)
+	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS) \
+	    --image $(IMAGE) $(if $(filter-out none,$(IMAGE)),--image-detail $(IMAGE_DETAIL)) \
+	    $(if $(filter inline,$(IMAGE)),--images $(IMAGES))
 
 $(DATA)/responses.jsonl: $(DATA)/requests.jsonl $(DATA)/.run-settings | install
 	$(IG) run $< -o $@ --backend $(BACKEND) $(if $(filter openai,$(BACKEND)),--journal $(DATA)/journal.sqlite) $(RUN_ARGS)

@@ -15,7 +15,8 @@ can be exact: a socket closed mid-body, a body cut short, a reply that never com
   `fault_rate` adds seeded faults keyed on (request, attempt) for the benchmark.
 - `/v1/files` and `/v1/batches` run a Batch API job that completes after `batch_polls` polls;
   the first `batch_failures` batches fail instead, as one over the enqueued token limit does.
-- `GET /_stats` reports what was answered; in-process users read `server.stats()`.
+- `GET /_stats` reports what was answered, and the image parts of each request;
+  in-process users read `server.stats()`.
 
 Run standalone: `python tests/openai_server.py --port 8765 --rpm 6000 --latency 0.2`.
 """
@@ -127,6 +128,17 @@ def token_estimate(body: dict) -> int:
     return chars // 4 + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
 
 
+def count_image_parts(body: dict) -> int:
+    """The `image_url` content parts of a chat request, over all its messages."""
+    return sum(
+        1
+        for m in body.get("messages", [])
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    )
+
+
 def synthetic_text(key: str) -> str:
     """Deterministic, clearly synthetic text in the conversation format."""
     return (
@@ -214,6 +226,7 @@ class OpenAITestServer:
         self.requests = _Bucket(self.config.rpm) if self.config.rpm else None
         self.tokens = _Bucket(self.config.tpm) if self.config.tpm else None
         self.attempts: Counter[str] = Counter()  # admitted chat requests per key
+        self.image_parts: dict[str, int] = {}  # image_url parts per chat request key
         self.answered: Counter[str] = Counter()  # 200 answers per key (what a user pays for)
         self.statuses: Counter[str] = Counter()  # replies by status or fault kind
         self.admitted_per_second: Counter[int] = Counter()
@@ -332,6 +345,7 @@ class OpenAITestServer:
         limits = self._limit_headers()
         key = request_key(body)
         self.attempts[key] += 1
+        self.image_parts[key] = count_image_parts(body)
         self.admitted_per_second[int(now - self.started)] += 1
         self.admitted_at.append(now)
         fault = self.fault_for(body, key, self.attempts[key])
@@ -462,6 +476,7 @@ class OpenAITestServer:
             body = item["body"]
             key = request_key(body)
             self.attempts[key] += 1
+            self.image_parts[key] = count_image_parts(body)
             fault = self.fault_for(body, key, 1)
             row = {"id": f"batch_req_{key}", "custom_id": item["custom_id"], "error": None}
             if fault in ("400", "401"):
@@ -491,6 +506,7 @@ class OpenAITestServer:
             "statuses": dict(self.statuses),
             "admitted_per_second": {str(k): v for k, v in sorted(self.admitted_per_second.items())},
             "duplicates": sum(n - 1 for n in self.answered.values() if n > 1),
+            "image_parts": dict(self.image_parts),
         }
 
 
