@@ -185,10 +185,38 @@ def tokenize_pieces(
     exactly. When the cut falls inside an image block, the sequence ends before that block and
     the image is dropped from the example.
     """
+    [example] = tokenize_many([pieces], tokenizer, image_token_id, tokens_per_image, max_length)
+    return example
+
+
+def tokenize_many(
+    examples: Sequence[Sequence[Piece]],
+    tokenizer,
+    image_token_id: int,
+    tokens_per_image: int,
+    max_length: int,
+) -> list[Example]:
+    """`tokenize_pieces` for many examples with one batched tokenizer call (fast on 600K)."""
     if max_length <= tokens_per_image:
         raise InputError(
             f"--max-length {max_length} cannot hold one image ({tokens_per_image} tokens); raise it"
         )
+    chunks = [
+        chunk
+        for pieces in examples
+        for piece in pieces
+        for chunk in piece.text.split(IMAGE_TOKEN)
+        if chunk
+    ]
+    encoded = iter(tokenizer(chunks, add_special_tokens=False)["input_ids"] if chunks else [])
+    return [
+        _assemble(pieces, encoded, tokenizer, image_token_id, tokens_per_image, max_length)
+        for pieces in examples
+    ]
+
+
+def _assemble(pieces, encoded, tokenizer, image_token_id, tokens_per_image, max_length) -> Example:
+    """One example from its pieces and an iterator over the token ids of its text chunks."""
     ids: list[int] = []
     labels: list[int] = []
     blocks: list[tuple[int, int]] = []  # [start, end) of each image block
@@ -202,7 +230,7 @@ def tokenize_pieces(
                 ids.extend([image_token_id] * tokens_per_image)
                 labels.extend([IGNORE] * tokens_per_image)
             if chunk:
-                chunk_ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+                chunk_ids = next(encoded)
                 ids.extend(chunk_ids)
                 labels.extend(chunk_ids if piece.train else [IGNORE] * len(chunk_ids))
         if piece.eos:
