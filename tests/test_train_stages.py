@@ -253,9 +253,16 @@ def checkpoint_tensors(out) -> dict:
     return load_file(checkpoint / "trained.safetensors")
 
 
-def test_stage1_checkpoints_hold_the_projector_and_no_frozen_weight(towers, test_data, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def checkpointed(towers, test_data, tmp_path_factory):
+    """A 2-step stage-1 run that left its step-1 checkpoint."""
+    out = tmp_path_factory.mktemp("checkpointed") / "run"
     train(run_config(towers, test_data, out, max_steps=2), echo=lambda _: None)
+    return out
+
+
+def test_stage1_checkpoints_hold_the_projector_and_no_frozen_weight(checkpointed, towers):
+    out = checkpointed
     assert set(checkpoint_tensors(out)) == {
         "model.multi_modal_projector.linear_1.weight",
         "model.multi_modal_projector.linear_1.bias",
@@ -302,10 +309,9 @@ def test_a_resumed_run_repeats_the_uninterrupted_loss_curve_step_for_step(
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_resume_with_other_towers_is_a_clear_error(towers, test_data, tmp_path):
-    out = tmp_path / "run"
-    train(run_config(towers, test_data, out, max_steps=2), echo=lambda _: None)
+def test_resume_with_other_towers_is_a_clear_error(checkpointed, towers, test_data, tmp_path):
     moved = tmp_path / "llm-copy"
     shutil.copytree(towers[1], moved)
+    cfg = run_config(towers, test_data, checkpointed, llm=str(moved))
     with pytest.raises(InputError, match=r"checkpoint-1: trained with .* resume with the same"):
-        train(run_config(towers, test_data, out, llm=str(moved)), echo=lambda _: None)
+        train(cfg, echo=lambda _: None)

@@ -437,6 +437,11 @@ def _deepspeed_kwargs(accelerator, action: str) -> dict:
 
 def _check_same_towers(checkpoint: Path, meta: TrainedWith) -> None:
     """A checkpoint holds trained tensors only: the frozen parts must come from the same towers."""
+    if not (checkpoint / META_FILE).is_file():
+        raise InputError(
+            f"{checkpoint}: no {META_FILE} (a checkpoint of an older version); delete the "
+            "folder to start over"
+        )
     saved = read_trained_with(checkpoint)
     if saved != meta:
         raise InputError(
@@ -447,11 +452,17 @@ def _check_same_towers(checkpoint: Path, meta: TrainedWith) -> None:
 
 
 def _drop_log_rows_after(path: Path, step: int) -> None:
-    """Forget metric lines of steps after the checkpoint: the resumed run logs them again."""
+    """Forget metric lines of steps after the checkpoint: the resumed run logs them again.
+    A line cut short by the crash is dropped too."""
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
     with atomic_writer(path) as f:
         f.write("".join(line + "\n" for line in kept))
 
