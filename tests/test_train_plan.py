@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from train_tiny import build_towers, write_config_only_towers  # noqa: E402
+from train_tiny import write_config_only_towers  # noqa: E402
 
 from instructgen.train.data import LlavaDataset, read_records  # noqa: E402
 from instructgen.train.loop import TrainConfig  # noqa: E402
@@ -35,14 +35,6 @@ from instructgen.train.plan import (  # noqa: E402
 pytestmark = pytest.mark.train
 LLAMA_7B = 6_738_415_616  # LLaMA-7B's published parameter count (32K vocabulary)
 CLIP_L_336 = 303_507_456  # CLIP ViT-L/14-336's vision tower
-
-
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory, test_data):
-    root = tmp_path_factory.mktemp("towers")
-    return build_towers(
-        root, [test_data / "train_pretrain.json", test_data / "train_instruct.json"]
-    )
 
 
 @pytest.fixture(scope="module")

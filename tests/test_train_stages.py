@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
-from train_tiny import build_towers  # noqa: E402
 from transformers import (  # noqa: E402
     CLIPVisionModel,
     LlamaForCausalLM,
@@ -35,14 +34,6 @@ from instructgen.train.model import (  # noqa: E402
 
 pytestmark = pytest.mark.train
 FAST = ["--no-gradient-checkpointing", "--workers", "0", "--log-every", "1", "--precision", "fp32"]
-
-
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory, test_data):
-    root = tmp_path_factory.mktemp("towers")
-    return build_towers(
-        root, [test_data / "train_pretrain.json", test_data / "train_instruct.json"]
-    )
 
 
 @pytest.fixture(scope="module")

@@ -47,10 +47,7 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 def build_towers(root: Path, data_files: list[Path], seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny CLIP vision tower and a tiny Llama (+ tokenizer) under `root`."""
     torch.manual_seed(seed)
-    texts = [TEMPLATE_TEXT]
-    for path in data_files:
-        for record in json.loads(path.read_text()):
-            texts += [turn["value"] for turn in record["conversations"]]
+    texts = _texts(data_files)
     vision_dir, llm_dir = root / "vision", root / "llm"
     vision = CLIPVisionConfig(
         hidden_size=32,
@@ -98,11 +95,7 @@ def write_config_only_towers(root: Path, data_files: list[Path]) -> tuple[Path, 
     CLIPImageProcessor(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
     ).save_pretrained(vision_dir)
-    texts = [TEMPLATE_TEXT]
-    for path in data_files:
-        for record in json.loads(path.read_text()):
-            texts += [turn["value"] for turn in record["conversations"]]
-    build_tokenizer(texts).save_pretrained(llm_dir)
+    build_tokenizer(_texts(data_files)).save_pretrained(llm_dir)
     LlamaConfig(
         vocab_size=32000,
         hidden_size=4096,
@@ -114,3 +107,12 @@ def write_config_only_towers(root: Path, data_files: list[Path]) -> tuple[Path, 
         tie_word_embeddings=False,
     ).save_pretrained(llm_dir)
     return vision_dir, llm_dir
+
+
+def _texts(data_files: list[Path]) -> list[str]:
+    """Every turn of the records in `data_files`, and the template's words."""
+    texts = [TEMPLATE_TEXT]
+    for path in data_files:
+        for record in json.loads(path.read_text()):
+            texts += [turn["value"] for turn in record["conversations"]]
+    return texts
