@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 
 from train_tiny import write_config_only_towers  # noqa: E402
 
+from instructgen.errors import InputError  # noqa: E402
 from instructgen.train.data import LlavaDataset, read_records  # noqa: E402
 from instructgen.train.loop import TrainConfig  # noqa: E402
 from instructgen.train.model import (  # noqa: E402
@@ -181,3 +182,8 @@ def test_gradient_checkpointing_keeps_one_layer_input_per_layer_instead_of_all_a
     kept = memory_per_gpu(params, stage1, shape_7b(), 0, 1, True, 4, 1, 2048, True).activations
     full = memory_per_gpu(params, stage1, shape_7b(), 0, 1, True, 4, 1, 2048, False).activations
     assert 5 < full / kept < 30
+
+
+def test_hours_need_both_gpu_tflops_and_mfu(towers, test_data, tmp_path):
+    with pytest.raises(InputError, match="give both --gpu-tflops and --mfu"):
+        plan_run(config(towers, test_data, tmp_path), gpu_tflops=989)
