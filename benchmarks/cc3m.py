@@ -27,14 +27,13 @@ import numpy as np
 from instructgen.cc3m import (
     PhraseCache,
     PhraseTable,
-    detect_layout,
     model_key,
     noun_phrases,
     parse_captions,
-    read_rows,
     resolve_model,
     select_pool,
 )
+from instructgen.cc3m_input import detect_layout, read_rows
 
 CC3M = Path(__file__).resolve().parents[2] / "shared/data/cc3m/Validation_GCC-1.1.0-Validation.tsv"
 NAIVE_CAPTIONS = 2000  # the naive baseline runs ~200 captions/s: ~10 s

@@ -15,13 +15,12 @@ from spacy.tokens import Doc
 from instructgen.cc3m import (
     PhraseCache,
     PhraseTable,
-    detect_layout,
     filter_cc3m,
     noun_phrases,
-    read_rows,
     resolve_model,
     select_pool,
 )
+from instructgen.cc3m_input import detect_layout, read_rows
 from instructgen.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,15 +100,15 @@ def test_bad_lines_are_reported_and_do_not_shift_ids(tmp_path):
     )
     items = list(read_rows(tsv, detect_layout(tsv)))
     good = [i for i in items if not hasattr(i, "reason")]
-    bad = [(i.lineno, i.reason) for i in items if hasattr(i, "reason")]
+    bad = [(i.where, i.reason) for i in items if hasattr(i, "reason")]
     assert [(g.id, g.caption, g.url) for g in good] == [
         ("GCC_train_000000000", "a dog on a beach", "http://x/0.jpg"),
         ("GCC_train_000000004", "a cat on a sofa", "http://x/4.jpg"),
     ]
     assert bad == [
-        (2, "1 fields, expected 2"),
-        (3, "invalid UTF-8 at byte 3"),
-        (4, "empty caption"),
+        ("line 2", "1 fields, expected 2"),
+        ("line 3", "invalid UTF-8 at byte 3"),
+        ("line 4", "empty caption"),
     ]
 
 
