@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -442,15 +443,8 @@ def filter_cc3m(
             for item in source.read()
             if isinstance(item, CaptionRow) and pooled[item.row]
         )
-        write_outputs(
-            out_dir,
-            options,
-            summary,
-            table.phrases,
-            table.frequency(),
-            table.frequency(pooled),
-            pool,
-        )
+        after = partial(table.frequency, pooled)
+        write_outputs(out_dir, options, summary, table.phrases, table.frequency(), after, pool)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -503,15 +497,17 @@ def write_outputs(
     summary: FilterSummary,
     phrases: Sequence[str],
     before: np.ndarray,
-    after: np.ndarray,
+    after: Callable[[], np.ndarray],
     pool: Iterable[tuple[CaptionRow, Sequence[str]]],
 ) -> None:
     """Write the pool (rows in input order, with their phrases), np_stats.json and the plot;
-    `before` and `after` count, per phrase of `phrases`, the rows containing it."""
+    `before` and `after()` (called once the pool is written) count, per phrase of `phrases`,
+    the rows containing it in the input and in the pool."""
+    summary.pool = _write_pool(pool, out_dir, options.instructions, options.seed)
+    after = after()
     summary.phrases_before = int(np.count_nonzero(before))
     summary.phrases_kept = int(np.count_nonzero(before >= options.min_freq))
     summary.phrases_after = int(np.count_nonzero(after))
-    summary.pool = _write_pool(pool, out_dir, options.instructions, options.seed)
     captions = (summary.rows - summary.bad_lines, summary.pool)
     stats = {
         "model": summary.model,

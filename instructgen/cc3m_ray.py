@@ -22,13 +22,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from instructgen.cc3m import (
+    BAD_LINES_SHOWN,
     PARSE_CHUNK,
     FilterOptions,
     FilterSummary,
@@ -49,6 +52,7 @@ PHRASES_DIR = "np_phrases"  # the parsed rows, parquet; np_phrases.json says wha
 PREFIX_FACTOR = 4  # rows per frequent phrase sent to the driver, in units of max_per_phrase
 PIECES_PER_WORKER = 4  # a small TSV is cut finer so that every actor gets work
 MIN_PIECE_BYTES = 64 << 10
+ROWS_PER_PARTITION = 1_000_000  # input rows per hash partition of a shuffle (Ray's default: 200)
 
 
 def import_ray():
@@ -78,6 +82,9 @@ def filter_on_ray(
     ours = not ray.is_initialized()
     if ours:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.print_on_execution_start = False
+    context.enable_progress_bars = sys.stderr.isatty()  # bars on a terminal, not in logs
     try:
         workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         source = open_source(inputs, piece_bytes=_piece_bytes(inputs, workers))
@@ -87,16 +94,24 @@ def filter_on_ray(
         summary.rows = source.rows or 0
         parsed = _parsed_rows(ray, source, out_dir, options.model, workers, summary)
         summary.parse_seconds = time.perf_counter() - started
-        phrases, before, pooled = _select(ray, parsed, summary.rows, options)
+        counts = _count_and_select(parsed, summary, options, _partitions(summary.rows, workers))
         pool = parsed.map_batches(
-            _pooled_only, fn_kwargs={"pooled": ray.put(pooled)}, batch_format="pyarrow"
-        ).materialize()
-        after = _frequency(pool, phrases)
-        write_outputs(out_dir, options, summary, phrases, before, after, _pool_rows(pool))
+            _pooled_only, fn_kwargs={"pooled": ray.put(counts.pooled)}, batch_format="pyarrow"
+        )
+        after = np.zeros(len(counts.phrases), np.int64)
+        pool_rows = _pool_rows(pool, counts.phrases, after)
+        write_outputs(
+            out_dir, options, summary, counts.phrases, counts.freq, lambda: after, pool_rows
+        )
     finally:
         if ours:
             ray.shutdown()
     return summary
+
+
+def _partitions(rows: int, workers: int) -> int:
+    """Hash partitions of a shuffle: one per ROWS_PER_PARTITION rows, at least one per worker."""
+    return max(workers, rows // ROWS_PER_PARTITION)
 
 
 def _piece_bytes(inputs: Sequence[Path | str], workers: int) -> int:
@@ -141,17 +156,9 @@ def _parsed_rows(ray, source, out_dir: Path, model: str, workers: int, summary: 
         shutil.rmtree(table_dir, ignore_errors=True)
         staging.rename(table_dir)
         write_json(manifest, wanted)
-    dataset = ray.data.read_parquet(str(table_dir))
-    bad = dataset.map_batches(_bad_only, batch_format="pyarrow").materialize()
-    summary.bad_lines = bad.count()
-    summary.bad_examples = [r["bad"] for r in bad.sort("row").take(5)]
-    good_rows = summary.rows - summary.bad_lines
+    good_rows = summary.rows  # less the bad rows, which the count finds
     summary.parsed, summary.cached = (0, good_rows) if reuse else (good_rows, 0)
-    captions = dataset.select_columns(["caption", "bad"]).map_batches(
-        _good_only, batch_format="pyarrow"
-    )
-    summary.unique_captions = captions.groupby("caption").count().count()
-    return dataset
+    return ray.data.read_parquet(str(table_dir))
 
 
 def _read_pieces(batch, pieces: list[Piece]):
@@ -191,63 +198,148 @@ class PhraseParser:
         return batch.append_column("phrases", pa.array(phrases, pa.list_(pa.string())))
 
 
-def _bad_only(batch):
-    import pyarrow.compute as pc
-
-    return batch.select(["row", "bad"]).filter(pc.is_valid(batch["bad"]))
-
-
-def _good_only(batch):
-    import pyarrow.compute as pc
-
-    return batch.filter(pc.is_null(batch["bad"])).select(["caption"])
-
-
 def _pooled_only(batch, pooled):
-    mask = pooled[batch["row"].to_numpy()]
+    import ray
+
+    mask = ray.get(pooled)[batch["row"].to_numpy()]  # zero-copy from the object store
     return batch.filter(mask)
 
 
 # --- count and select ------------------------------------------------------------------------
 
+# Keys of the count's records besides phrases; no phrase starts with them (they are whitespace,
+# which normalization removes).
+CAPTION_KEY = "\x1f"  # + caption: one record per good row; a partition sends one count
+BAD_KEY = "\x1e"  # + where and why: one record per bad row
 
-def _pairs(batch):
-    """One (phrase, row) record per phrase of each row."""
+
+def _keyed_rows(batch):
+    """The records the count groups by key: (phrase, row) per phrase of each good row,
+    (CAPTION_KEY + caption, row) per good row, (BAD_KEY + reason, row) per bad row."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    lengths = pc.list_value_length(batch["phrases"]).to_numpy()
-    rows = np.repeat(batch["row"].to_numpy(), lengths)
-    return pa.table({"phrase": pc.list_flatten(batch["phrases"]), "row": rows})
-
-
-def _phrase_group(group, min_freq: int, max_per_phrase: int, seed: int):
-    """One phrase's record: its frequency and the rows the driver needs (none for a dropped
-    phrase, all for a rare one, a key-ordered prefix for a frequent one)."""
-    import pyarrow as pa
-
-    phrase = group["phrase"][0].as_py()
-    rows = group["row"].to_numpy()
-    freq = len(rows)
-    if freq < min_freq:
-        rows = rows[:0]
-    elif freq > max_per_phrase:
-        rows = in_key_order(seed, phrase, rows)[: PREFIX_FACTOR * max_per_phrase]
+    good = batch.filter(pc.is_null(batch["bad"]))
+    bad = batch.filter(pc.is_valid(batch["bad"]))
+    lengths = pc.list_value_length(good["phrases"]).to_numpy()
+    keys = [
+        pc.list_flatten(good["phrases"]),
+        pc.binary_join_element_wise(CAPTION_KEY, good["caption"], ""),
+        pc.binary_join_element_wise(BAD_KEY, bad["bad"], ""),
+    ]
+    rows = [np.repeat(good["row"].to_numpy(), lengths), good["row"], bad["row"]]
     return pa.table(
         {
-            "phrase": pa.array([phrase], pa.string()),
-            "freq": pa.array([freq], pa.int64()),
-            "rows": pa.array([rows], pa.list_(pa.int64())),
+            "key": pa.concat_arrays([pa.array(k, pa.string()) for k in map(_chunks, keys)]),
+            "row": pa.concat_arrays([pa.array(r, pa.int64()) for r in map(_chunks, rows)]),
         }
     )
 
 
-def _select(ray, parsed, rows: int, options: FilterOptions):
-    """Count phrases on the engine and walk on the driver: (phrases, their frequencies, the
-    pooled-row mask)."""
-    pairs = parsed.map_batches(_pairs, batch_format="pyarrow")
-    groups = pairs.groupby("phrase").map_groups(
-        _phrase_group,
+def _chunks(column):
+    """A ChunkedArray as one Array; other arrays unchanged."""
+    return column.combine_chunks() if hasattr(column, "combine_chunks") else column
+
+
+def _phrase_groups(partition, min_freq: int, max_per_phrase: int, seed: int):
+    """The records of one hash partition (every record of a key is in one partition) grouped
+    by key: per phrase its frequency and the rows the driver needs (none for a dropped phrase,
+    all for a rare kept one, a key-ordered prefix for a frequent one); bad rows as they are;
+    one record counting the partition's distinct captions."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    grouped = partition.group_by("key").aggregate([("row", "list")])
+    keys, lists = grouped["key"], grouped["row_list"]
+    freq = pc.list_value_length(lists).to_numpy().astype(np.int64)
+    caption = pc.starts_with(keys, CAPTION_KEY).to_numpy(zero_copy_only=False)
+    bad = pc.starts_with(keys, BAD_KEY).to_numpy(zero_copy_only=False)
+    rare, frequent = rare_and_frequent(freq, min_freq, max_per_phrase)
+    phrase = ~caption & ~bad
+    frequent &= phrase
+    keep = (rare & phrase) | bad
+    empty = pa.array([[]] * len(keys), pa.list_(pa.int64()))
+    rows = pc.if_else(pa.array(keep), lists, empty)
+    prefixes = [
+        in_key_order(seed, keys[i].as_py(), lists[i].values.to_numpy())[
+            : PREFIX_FACTOR * max_per_phrase
+        ]
+        for i in np.flatnonzero(frequent)
+    ]
+    plain = ~caption & ~frequent
+    return pa.concat_tables(
+        [
+            pa.table({"key": keys, "freq": freq, "rows": rows}).filter(pa.array(plain)),
+            pa.table(
+                {
+                    "key": keys.filter(pa.array(frequent)),
+                    "freq": freq[frequent],
+                    "rows": pa.array(prefixes, pa.list_(pa.int64())),
+                }
+            ),
+            pa.table(
+                {
+                    "key": pa.array([CAPTION_KEY]),
+                    "freq": np.array([np.count_nonzero(caption)], np.int64),
+                    "rows": pa.array([[]], pa.list_(pa.int64())),
+                }
+            ),
+        ]
+    )
+
+
+@dataclass
+class Counts:
+    """What the driver gathers from the count: phrase texts and frequencies, the key-ordered
+    prefix of each frequent phrase (by phrase id), the pool of the rare kept phrases, the
+    distinct captions, and the bad rows (how many; the first BAD_LINES_SHOWN by row)."""
+
+    phrases: list[str] = field(default_factory=list)
+    freq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    prefixes: dict[int, np.ndarray] = field(default_factory=dict)
+    pooled: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    captions: int = 0
+    bad: int = 0
+    first_bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def gather_counts(batches: Iterable, rows: int, options: FilterOptions) -> Counts:
+    """Gather the count's records (Arrow batches of key, freq, rows) on the driver."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    counts = Counts(pooled=np.zeros(rows, dtype=bool))
+    freqs: list[np.ndarray] = []
+    for batch in batches:
+        caption = pc.equal(batch["key"], CAPTION_KEY)
+        counts.captions += int(pc.sum(batch["freq"].filter(caption)).as_py() or 0)
+        bad = batch.filter(pc.starts_with(batch["key"], BAD_KEY))
+        counts.bad += len(bad)
+        found = zip(pc.list_flatten(bad["rows"]).to_pylist(), bad["key"].to_pylist(), strict=True)
+        counts.first_bad = sorted([*counts.first_bad, *((r, k[1:]) for r, k in found)])
+        counts.first_bad = counts.first_bad[:BAD_LINES_SHOWN]
+        batch = batch.filter(pc.invert(pc.or_(caption, pc.starts_with(batch["key"], BAD_KEY))))
+        freq = batch["freq"].to_numpy()
+        rare, frequent = rare_and_frequent(freq, options.min_freq, options.max_per_phrase)
+        if rare.any():
+            rare_rows = pc.list_flatten(batch["rows"].filter(pa.array(rare)))
+            counts.pooled[rare_rows.to_numpy()] = True
+        for i in np.flatnonzero(frequent):
+            counts.prefixes[len(counts.phrases) + int(i)] = batch["rows"][int(i)].values.to_numpy()
+        counts.phrases.extend(batch["key"].to_pylist())
+        freqs.append(freq)
+    if len(set(counts.phrases)) != len(counts.phrases):
+        raise InstructgenError("the count split a phrase across partitions; please report this")
+    counts.freq = np.concatenate(freqs) if freqs else counts.freq
+    return counts
+
+
+def _count_and_select(parsed, summary: FilterSummary, options: FilterOptions, partitions: int):
+    """Count on the engine, walk on the driver; the counts, their `pooled` mask complete."""
+    keyed = parsed.map_batches(_keyed_rows, batch_format="pyarrow")
+    groups = keyed.repartition(partitions, keys=["key"]).map_batches(
+        _phrase_groups,
+        batch_size=None,  # a whole partition at once: it holds every record of its keys
         batch_format="pyarrow",
         fn_kwargs={
             "min_freq": options.min_freq,
@@ -255,72 +347,47 @@ def _select(ray, parsed, rows: int, options: FilterOptions):
             "seed": options.seed,
         },
     )
-    phrases, freq, prefixes, pooled = select_inputs(
-        groups.iter_batches(batch_format="pyarrow", batch_size=None), rows, options
-    )
+    batches = groups.iter_batches(batch_format="pyarrow", batch_size=None)
+    counts = gather_counts(batches, summary.rows, options)
+    summary.unique_captions = counts.captions
+    summary.bad_lines = counts.bad
+    summary.bad_examples = [where for _, where in counts.first_bad]
+    if summary.parsed:
+        summary.parsed -= counts.bad
+    else:
+        summary.cached -= counts.bad
 
     def candidates(phrase: int) -> Iterator[np.ndarray]:
-        prefix = prefixes.pop(phrase)
+        prefix = counts.prefixes.pop(phrase)
         yield prefix
-        if len(prefix) < freq[phrase]:  # the prefix ran out of fresh rows: fetch the rest
-            text = phrases[phrase]
-            everything = _rows_of(pairs, text)
-            yield in_key_order(options.seed, text, everything)[len(prefix) :]
+        if len(prefix) < counts.freq[phrase]:  # the prefix ran out of fresh rows: fetch the rest
+            text = counts.phrases[phrase]
+            yield in_key_order(options.seed, text, _rows_of(keyed, text))[len(prefix) :]
 
-    _, frequent = rare_and_frequent(freq, options.min_freq, options.max_per_phrase)
-    order = by_frequency(phrases, freq, np.flatnonzero(frequent), descending=False)
-    walk(order, candidates, pooled, options.max_per_phrase)
-    return phrases, freq, pooled
-
-
-def select_inputs(batches, rows: int, options: FilterOptions):
-    """Gather the engine's phrase records on the driver: phrase texts, frequencies, the
-    prefixes of frequent phrases (by phrase id), and the pool of the rare kept phrases."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    phrases: list[str] = []
-    freqs: list[np.ndarray] = []
-    prefixes: dict[int, np.ndarray] = {}
-    pooled = np.zeros(rows, dtype=bool)
-    for batch in batches:
-        freq = batch["freq"].to_numpy()
-        rare, frequent = rare_and_frequent(freq, options.min_freq, options.max_per_phrase)
-        if rare.any():
-            pooled[pc.list_flatten(batch["rows"].filter(pa.array(rare))).to_numpy()] = True
-        for i in np.flatnonzero(frequent):
-            prefixes[len(phrases) + int(i)] = batch["rows"][int(i)].values.to_numpy()
-        phrases.extend(batch["phrase"].to_pylist())
-        freqs.append(freq)
-    freq = np.concatenate(freqs) if freqs else np.zeros(0, np.int64)
-    return phrases, freq, prefixes, pooled
+    _, frequent = rare_and_frequent(counts.freq, options.min_freq, options.max_per_phrase)
+    order = by_frequency(counts.phrases, counts.freq, np.flatnonzero(frequent), descending=False)
+    walk(order, candidates, counts.pooled, options.max_per_phrase)
+    return counts
 
 
-def _rows_of(pairs, phrase: str) -> np.ndarray:
+def _rows_of(keyed, phrase: str) -> np.ndarray:
     """Every row with `phrase`, from the engine."""
     import pyarrow.compute as pc
 
     def only(batch):
-        return batch.filter(pc.equal(batch["phrase"], phrase)).select(["row"])
+        return batch.filter(pc.equal(batch["key"], phrase)).select(["row"])
 
-    found = pairs.map_batches(only, batch_format="pyarrow")
+    found = keyed.map_batches(only, batch_format="pyarrow")
     parts = [b["row"].to_numpy() for b in found.iter_batches(batch_format="pyarrow")]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _frequency(pool, phrases: list[str]) -> np.ndarray:
-    """Per phrase of `phrases`: how many rows of `pool` contain it, counted on the engine."""
+def _pool_rows(pool, phrases: list[str], after: np.ndarray) -> Iterator[tuple[CaptionRow, list]]:
+    """The pooled rows with their phrases, in input order; counts each phrase into `after`
+    on the way (the driver streams every pooled row to the outputs anyway)."""
     index = {p: i for i, p in enumerate(phrases)}
-    freq = np.zeros(len(phrases), np.int64)
-    counts = pool.map_batches(_pairs, batch_format="pyarrow").groupby("phrase").count()
-    for batch in counts.iter_batches(batch_format="pyarrow"):
-        ids = [index[p] for p in batch["phrase"].to_pylist()]
-        freq[ids] = batch["count()"].to_numpy()
-    return freq
-
-
-def _pool_rows(pool) -> Iterator[tuple[CaptionRow, list[str]]]:
-    """The pooled rows with their phrases, in input order."""
     for batch in pool.sort("row").iter_batches(batch_format="pyarrow"):
         for r in batch.to_pylist():
+            for p in r["phrases"]:
+                after[index[p]] += 1
             yield CaptionRow(r["row"], r["id"], r["caption"], r["url"]), r["phrases"]
