@@ -24,8 +24,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from instructgen.errors import InstructgenError
 from instructgen.files import read_json, write_json
 
 PHRASES_DIR = "np_phrases"  # the parsed rows, parquet; np_phrases.json says what they parsed
-PREFIX_FACTOR = 4  # rows per frequent phrase sent to the driver, in units of max_per_phrase
+PREFIX_FACTOR = 10  # rows per frequent phrase sent to the driver, in units of max_per_phrase
 PIECES_PER_WORKER = 4  # a small TSV is cut finer so that every actor gets work
 MIN_PIECE_BYTES = 64 << 10
 ROWS_PER_PARTITION = 1_000_000  # input rows per hash partition of a shuffle (Ray's default: 200)
@@ -357,17 +358,30 @@ def _count_and_select(parsed, summary: FilterSummary, options: FilterOptions, pa
     else:
         summary.cached -= counts.bad
 
+    walk_on_driver(counts, options, partial(_rows_of, keyed))
+    return counts
+
+
+def walk_on_driver(
+    counts: Counts, options: FilterOptions, fetch: Callable[[str], np.ndarray]
+) -> int:
+    """The shared walk over the gathered counts, completing `counts.pooled`; a frequent phrase
+    whose prefix runs out of fresh rows gets all its rows from `fetch`. Returns how many did."""
+    fetched = 0
+
     def candidates(phrase: int) -> Iterator[np.ndarray]:
+        nonlocal fetched
         prefix = counts.prefixes.pop(phrase)
         yield prefix
-        if len(prefix) < counts.freq[phrase]:  # the prefix ran out of fresh rows: fetch the rest
+        if len(prefix) < counts.freq[phrase]:
+            fetched += 1
             text = counts.phrases[phrase]
-            yield in_key_order(options.seed, text, _rows_of(keyed, text))[len(prefix) :]
+            yield in_key_order(options.seed, text, fetch(text))[len(prefix) :]
 
     _, frequent = rare_and_frequent(counts.freq, options.min_freq, options.max_per_phrase)
     order = by_frequency(counts.phrases, counts.freq, np.flatnonzero(frequent), descending=False)
     walk(order, candidates, counts.pooled, options.max_per_phrase)
-    return counts
+    return fetched
 
 
 def _rows_of(keyed, phrase: str) -> np.ndarray:
