@@ -117,9 +117,7 @@ def timed(fn, *args):
     return time.perf_counter() - started, result
 
 
-def main() -> None:
-    if not CC3M.is_file():
-        sys.exit(f"{CC3M} not found (shared data sits beside the project)")
+def parsing() -> None:
     model = resolve_model(None)
     texts = unique_captions()
     subset = texts[:NAIVE_CAPTIONS]
@@ -148,6 +146,8 @@ def main() -> None:
     own, child = peak_rss_mib()
     print(f"peak RSS after parsing: main {own:.0f} MiB, largest worker {child:.0f} MiB")
 
+
+def selection() -> None:
     print(f"\nselection: synthetic Zipf phrase lists, {SYNTHETIC_VOCAB:,} phrase vocabulary")
     tenth = synthetic_table(CC3M_SIZE // 10)
     t_py, pool_py = timed(python_walk, tenth)
@@ -166,8 +166,14 @@ def main() -> None:
             f"{name:36s}{table.rows:11,d}{len(table.ids):12,d}{pool:10,d}{t:9.2f}"
             f"{t_py / t * table.rows / tenth.rows:9.1f}x"
         )
-    print(f"peak RSS at the end: {peak_rss_mib()[0]:.0f} MiB")
-    del tenth, full, pool_py, pool_np, pool_full
+    print(f"peak RSS after selection: {peak_rss_mib()[0]:.0f} MiB")
+
+
+def main() -> None:
+    if not CC3M.is_file():
+        sys.exit(f"{CC3M} not found (shared data sits beside the project)")
+    parsing()
+    selection()
     engines()
     driver_at_scale()
 
