@@ -294,9 +294,12 @@ def sample_keys(seed: int, phrase: str, rows: np.ndarray) -> np.ndarray:
     return x
 
 
-def in_key_order(seed: int, phrase: str, rows: np.ndarray) -> np.ndarray:
-    """`rows` sorted by their sample keys for `phrase`."""
-    return rows[np.argsort(sample_keys(seed, phrase, rows))]
+def in_key_order(seed: int, phrase: str, rows: np.ndarray, first: int | None = None) -> np.ndarray:
+    """`rows` sorted by their sample keys for `phrase`; only the `first` of them if given."""
+    keys = sample_keys(seed, phrase, rows)
+    if first is not None and first < len(rows):  # no need to sort the rest
+        rows, keys = (a[np.argpartition(keys, first)[:first]] for a in (rows, keys))
+    return rows[np.argsort(keys)]
 
 
 def by_frequency(
@@ -351,8 +354,8 @@ def select_pool(
 
     def candidates(phrase: int) -> Iterator[np.ndarray]:
         rows = rows_by_phrase[starts[phrase] : starts[phrase + 1]]
-        rows = rows[~pooled[rows]]  # the walk skips pooled rows anyway: fewer keys to sort
-        yield in_key_order(seed, table.phrases[phrase], rows)
+        rows = rows[~pooled[rows]]  # all fresh, so the walk takes the first max_per_phrase
+        yield in_key_order(seed, table.phrases[phrase], rows, max_per_phrase)
 
     order = by_frequency(table.phrases, freq, np.flatnonzero(frequent), descending=False)
     walk(order, candidates, pooled, max_per_phrase)

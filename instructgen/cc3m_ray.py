@@ -261,10 +261,9 @@ def _phrase_groups(partition, min_freq: int, max_per_phrase: int, seed: int):
     keep = (rare & phrase) | bad
     empty = pa.array([[]] * len(keys), pa.list_(pa.int64()))
     rows = pc.if_else(pa.array(keep), lists, empty)
+    prefix = PREFIX_FACTOR * max_per_phrase
     prefixes = [
-        in_key_order(seed, keys[i].as_py(), lists[i].values.to_numpy())[
-            : PREFIX_FACTOR * max_per_phrase
-        ]
+        in_key_order(seed, keys[i].as_py(), lists[i].values.to_numpy(), prefix)
         for i in np.flatnonzero(frequent)
     ]
     plain = ~caption & ~frequent
