@@ -8,13 +8,14 @@ The stages (local mode on a laptop runs the same code as a cluster):
    `nlp.pipe` over the distinct captions of each batch; the rows with their phrases are
    written as parquet to OUT/np_phrases/, which a rerun on the same input and model reads
    instead of parsing;
-3. count: (phrase, row) pairs grouped by phrase give each phrase's frequency and the rows the
-   driver needs: all rows of a kept phrase of at most `max_per_phrase` rows (they all join),
-   and the first PREFIX_FACTOR x `max_per_phrase` rows in sample-key order of a frequent one;
+3. count: one hash shuffle of (phrase, row) records gives each phrase's frequency and the
+   rows the driver needs: all rows of a kept phrase of at most `max_per_phrase` rows (they all
+   join), and the first PREFIX_FACTOR x `max_per_phrase` rows in sample-key order of a
+   frequent one; the same pass counts distinct captions and gathers the bad rows;
 4. select, on the driver: the shared walk; a frequent phrase whose prefix runs out of fresh
    rows fetches the rest of its rows from the engine, so the pool stays exact;
-5. the pool's phrases are counted on the engine, and its rows, sorted by row, stream to the
-   shared writers.
+5. the pool, sorted by row on the engine, streams to the shared writers through the driver,
+   which counts the pool's phrases on the way.
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ def filter_on_ray(
     started = time.perf_counter()
     ours = not ray.is_initialized()
     if ours:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        except ConnectionError as e:
+            raise InstructgenError(
+                f"cannot reach the Ray cluster at {address}: {e}; start it (`ray start --head`) "
+                "or leave out --ray-address to run Ray on this machine"
+            ) from None
     context = ray.data.DataContext.get_current()
     context.print_on_execution_start = False
     context.enable_progress_bars = sys.stderr.isatty()  # bars on a terminal, not in logs
