@@ -55,8 +55,8 @@ def cc3m(
     ),
     cache: Path | None = typer.Option(
         None,
-        help="SQLite file of parsed captions (keyed by caption and model version) "
-        "(default: OUT/np_cache.sqlite).",
+        help="SQLite file of parsed captions (keyed by caption and model version) of the "
+        "local engine (default: OUT/np_cache.sqlite).",
         show_default=False,
     ),
     engine: Engine = typer.Option(
