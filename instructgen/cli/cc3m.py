@@ -23,7 +23,7 @@ class Engine(StrEnum):
 def cc3m(
     captions: list[Path] = typer.Argument(
         ...,
-        metavar="CAPTIONS...",
+        metavar="CAPTIONS",
         help="Captions: the Conceptual Captions TSV (caption<TAB>url, no header), one "
         "caption per line, id<TAB>caption<TAB>url, or a TSV whose header names a `caption` "
         "column (and optionally `url`, `id`); or parquet files, folders of them or quoted "
