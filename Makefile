@@ -30,7 +30,7 @@ RUN_ARGS   ?=
 SEED       ?= 0
 DATA       ?= data
 
-.PHONY: install install-train chromium test lint bench demo eval pipeline clean FORCE
+.PHONY: install install-train install-ray chromium test lint bench demo eval pipeline clean FORCE
 
 install: $(BIN)/instructgen.stamp
 $(BIN)/instructgen.stamp: pyproject.toml
@@ -51,6 +51,10 @@ chromium:
 install-train: install
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,train]'
+
+# Ray Data for `cc3m --engine ray`; its tests run when it is installed.
+install-ray: install
+	$(BIN)/pip install -q -e '.[test,ray]'
 
 test: install
 	$(BIN)/pytest -q

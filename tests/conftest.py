@@ -35,3 +35,14 @@ def towers(tmp_path_factory, test_data):
     return build_towers(
         root, [test_data / "train_pretrain.json", test_data / "train_instruct.json"]
     )
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Ray started once per test run, in local mode on 2 CPUs (skips without the [ray] extra)."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

@@ -165,18 +165,6 @@ def test_a_dry_run_prints_the_estimate_and_answers_nothing(qa90, tmp_path, serve
 
 
 @pytest.fixture(scope="module")
-def towers(tmp_path_factory, test_data):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from train_tiny import build_towers
-
-    root = tmp_path_factory.mktemp("towers")
-    return build_towers(
-        root, [test_data / "train_pretrain.json", test_data / "train_instruct.json"]
-    )
-
-
-@pytest.fixture(scope="module")
 def trained(towers, test_data, tmp_path_factory):
     """A checkpoint trained through both stages (one step each) by `instructgen train`."""
     out = tmp_path_factory.mktemp("trained")
