@@ -1,8 +1,9 @@
 # instructgen: set-up, checks, and the COCO pipeline as incremental file targets.
 #
 #   make install                      .venv with the project, test tools and the spaCy model
-#   make test | lint | bench | demo
+#   make test | lint | bench | demo | eval
 #   make data/llava/llava_instruct.json CAPTIONS=... INSTANCES=... MODEL=gpt-4o
+#   ... IMAGE=url (the model sees coco_url too) or IMAGE=inline IMAGES=train2017/
 #
 # Each pipeline file is rebuilt only when an input or one of its settings changed; an
 # interrupted `run` resumes from data/journal.sqlite without re-sending finished requests.
@@ -21,12 +22,15 @@ LIMIT      ?=
 MODEL      ?= gpt-4o
 TASKS      ?= conversation,detail,complex_reasoning
 MAX_TOKENS ?= 1024
+IMAGE      ?= none
+IMAGES     ?=
+IMAGE_DETAIL ?= high
 BACKEND    ?= openai
 RUN_ARGS   ?=
 SEED       ?= 0
 DATA       ?= data
 
-.PHONY: install install-train chromium test lint bench demo pipeline clean FORCE
+.PHONY: install install-train install-ray chromium test lint bench demo eval pipeline clean FORCE
 
 install: $(BIN)/instructgen.stamp
 $(BIN)/instructgen.stamp: pyproject.toml
@@ -48,6 +52,10 @@ install-train: install
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test,train]'
 
+# Ray Data for `cc3m --engine ray`; its tests run when it is installed.
+install-ray: install
+	$(BIN)/pip install -q -e '.[test,ray]'
+
 test: install
 	$(BIN)/pytest -q
 
@@ -61,7 +69,7 @@ bench: install
 # --- the COCO pipeline -------------------------------------------------------------------
 # A settings file changes only when its settings do, so Make rebuilds exactly what they affect.
 coco_SETTINGS   = $(CAPTIONS) $(INSTANCES) $(LIMIT)
-render_SETTINGS = $(MODEL) $(TASKS) $(MAX_TOKENS)
+render_SETTINGS = $(MODEL) $(TASKS) $(MAX_TOKENS) $(IMAGE) $(IMAGES) $(IMAGE_DETAIL)
 run_SETTINGS    = $(BACKEND)
 build_SETTINGS  = $(SEED)
 $(DATA)/.%-settings: FORCE
@@ -72,7 +80,9 @@ $(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(DATA)/.coco-settings | instal
 	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT))
 
 $(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
-	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS)
+	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS) \
+	    --image $(IMAGE) $(if $(filter-out none,$(IMAGE)),--image-detail $(IMAGE_DETAIL)) \
+	    $(if $(filter inline,$(IMAGE)),--images $(IMAGES))
 
 $(DATA)/responses.jsonl: $(DATA)/requests.jsonl $(DATA)/.run-settings | install
 	$(IG) run $< -o $@ --backend $(BACKEND) $(if $(filter openai,$(BACKEND)),--journal $(DATA)/journal.sqlite) $(RUN_ARGS)
@@ -90,5 +100,20 @@ demo: install
 	@ls -1 demo-out/*.jsonl demo-out/llava/*
 	@echo "review them: $(IG) review demo-out/llava/llava_instruct.json --contexts demo-out/contexts.jsonl --quarantine demo-out/llava/quarantine.jsonl"
 
+# --- evaluation ---------------------------------------------------------------------------
+# The GPT-judge relative score on the bundled LLaVA-Bench qa90 files; without OPENAI_API_KEY a
+# dry run (requests and the cost estimate). CANDIDATE: the answers of `instructgen answer`.
+QA90       := examples/llava-bench-qa90
+CANDIDATE  ?= $(QA90)/qa90_gpt4_answer.jsonl
+JUDGE      ?= gpt-4o
+JUDGE_ARGS ?=
+EVAL_OUT   ?= eval-out
+
+eval: install
+	$(IG) judge --questions $(QA90)/qa90_questions.jsonl \
+	  --contexts $(QA90)/caps_boxes_coco2014_val_80.jsonl \
+	  --reference $(QA90)/qa90_gpt4_answer.jsonl --candidate $(CANDIDATE) \
+	  -o $(EVAL_OUT) --model $(JUDGE) $(if $(OPENAI_API_KEY),,--dry-run) $(JUDGE_ARGS)
+
 clean:
-	rm -rf data demo-out benchmarks/out
+	rm -rf data demo-out eval-out benchmarks/out

@@ -1,18 +1,25 @@
-"""Trainer throughput: stage 1 and stage 2 tokens/s next to a bare-LLM baseline.
+"""Trainer throughput and peak memory, against a bare LLM and the dry-run plan's estimate.
 
-    .venv/bin/python benchmarks/train.py                 # CPU, small towers (default)
-    .venv/bin/python benchmarks/train.py --size 7b --steps 200   # GPU: ViT-L/14-336 + 7B Llama
+Three runs: stage 1, stage 2 with LoRA r64, full stage 2.
+
+    .venv/bin/python benchmarks/train.py                       # CPU, small towers (default)
+    .venv/bin/python benchmarks/train.py --precision bf16 --checkpointing   # GPU path, on CPU
+    python benchmarks/train.py --size 7b                       # one GPU: ViT-L/14-336 + 7B Llama
 
 Towers are built from configs with random weights (nothing is downloaded) and saved to a temp
-folder; the real `train()` loop runs on the test records and COCO images (cycled). The baseline
-is a bare `LlamaForCausalLM` of the same size trained on text of the same sequence length:
-the cost of the LLM alone, without the vision tower, projector or data pipeline. On CUDA the
-script also prints MFU (model FLOPs / peak bf16 FLOPs) and peak memory.
+folder; the real `train()` loop runs on the test records and COCO images (cycled). The final
+export is skipped: it is not what is measured (and a 7B export is 13-27 GB of disk). The
+baseline is a bare `LlamaForCausalLM` of the same size, forward and backward on text of the
+same mean length: the cost of the LLM alone. Each run is first planned by `plan_run` (what
+`train --dry-run` prints); on CUDA a run the plan says does not fit is skipped, and the table
+puts the measured peak memory (`max_memory_allocated`) beside the plan's ZeRO-0 estimate.
+MFU is the plan's FLOPs per token times tokens/s over the GPU's peak dense bf16 FLOP/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -20,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -32,9 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from train_tiny import build_tokenizer  # noqa: E402
 
+from instructgen.train import loop  # noqa: E402
 from instructgen.train.data import read_records, template_pieces, tokenize_pieces  # noqa: E402
 from instructgen.train.loop import LOG_FILE, TrainConfig, train  # noqa: E402
 from instructgen.train.model import load_tokenizer  # noqa: E402
+from instructgen.train.plan import FIT_SHARE, GIB, plan_run  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
 SIZES = {
@@ -53,7 +63,13 @@ SIZES = {
              num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
     ),
 }  # fmt: skip
-PEAK_BF16_FLOPS = 989e12  # H100 / H200 SXM dense bf16
+# Peak dense bf16 TFLOP/s by GPU name (SXM parts); --peak-tflops for any other.
+PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312}
+RUNS = (  # name, stage, LoRA rank (0: none), as `train` runs them
+    ("stage 1", 1, 0),
+    ("stage 2 LoRA r64", 2, 64),
+    ("stage 2 full", 2, 0),
+)
 
 
 def build_towers(root: Path, size: str) -> tuple[Path, Path, LlamaConfig]:
@@ -68,15 +84,21 @@ def build_towers(root: Path, size: str) -> tuple[Path, Path, LlamaConfig]:
     tokenizer = build_tokenizer([*texts, "USER: ASSISTANT:", __doc__])
     llm_kw = {"vocab_size": len(tokenizer) + 1, **llm_kw}  # + 1: the <image> token
     dtype = torch.bfloat16 if size == "7b" else torch.float32
-    vision = CLIPVisionModel(CLIPVisionConfig(**vision_kw)).to(dtype)
-    vision.save_pretrained(root / "vision")
+    # Random initialisation of 7B weights takes minutes on CPU and seconds on a GPU.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        vision = CLIPVisionModel(CLIPVisionConfig(**vision_kw)).to(dtype)
+        vision.save_pretrained(root / "vision")
+        del vision
+        config = LlamaConfig(**llm_kw, max_position_embeddings=4096, tie_word_embeddings=False)
+        llm = LlamaForCausalLM(config).to(dtype)
+        llm.save_pretrained(root / "llm")
+        del llm
     side = vision_kw["image_size"]
     CLIPImageProcessor(
         size={"shortest_edge": side}, crop_size={"height": side, "width": side}
     ).save_pretrained(root / "vision")
-    config = LlamaConfig(**llm_kw, max_position_embeddings=4096, tie_word_embeddings=False)
-    LlamaForCausalLM(config).to(dtype).save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "llm")
+    _free()
     return root / "vision", root / "llm", config
 
 
@@ -91,15 +113,15 @@ def mean_length(llm: Path, tokens_per_image: int) -> int:
     return round(sum(lengths) / len(lengths))
 
 
-def baseline_tokens_per_s(config: LlamaConfig, batch: int, length: int, steps: int) -> float:
+def baseline_tokens_per_s(config: LlamaConfig, batch: int, length: int, steps: int, dtype):
     """The bare LLM, frozen, forward and backward to its input embeddings on random text (the
-    LLM's share of a stage-1 step, 4N FLOPs per token): tokens/s after one warm-up step."""
-    cuda = torch.cuda.is_available()
-    dtype = torch.bfloat16 if cuda else torch.float32
-    model = LlamaForCausalLM(config).to("cuda" if cuda else "cpu", dtype).requires_grad_(False)
-    embeds = torch.randn(batch, length, config.hidden_size, device=model.device, dtype=dtype)
+    LLM's share of a stage-1 step): tokens/s after one warm-up step."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).requires_grad_(False)
+    embeds = torch.randn(batch, length, config.hidden_size, device=device, dtype=dtype)
     embeds.requires_grad_(True)
-    labels = torch.randint(0, config.vocab_size, (batch, length), device=model.device)
+    labels = torch.randint(0, config.vocab_size, (batch, length), device=device)
     for i in range(steps + 1):
         if i == 1:
             _sync()
@@ -108,6 +130,7 @@ def baseline_tokens_per_s(config: LlamaConfig, batch: int, length: int, steps: i
         embeds.grad = None
     _sync()
     del model
+    _free()
     return batch * length * steps / (time.perf_counter() - start)
 
 
@@ -116,84 +139,138 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_stage(stage: int, root: Path, vision: Path, llm: Path, args) -> tuple[float, float]:
-    """Run one stage through `train()`; returns (median tokens/s of a step, peak GiB)."""
+def _free() -> None:
+    gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.empty_cache()
+
+
+def stage_config(stage: int, lora: int, root: Path, vision: Path, llm: Path, args) -> TrainConfig:
+    """One run as `train` would be called for it; stage 2 starts from stage 1's projector."""
     data = "train_pretrain.json" if stage == 1 else "train_instruct.json"
-    cfg = TrainConfig(
+    name = f"stage{stage}" + (f"-lora{lora}" if lora else "")
+    return TrainConfig(
         stage=stage,
         data=DATA / data,
         images=DATA / "train_images",
-        output=root / f"stage{stage}",
+        output=root / name,
         vision=str(vision),
         llm=str(llm),
         projector_from=root / "stage1" if stage == 2 else None,
-        max_steps=args.steps,
+        max_steps=args.warmup + args.steps,
         global_batch=args.batch,
         micro_batch=args.batch,
-        gradient_checkpointing=torch.cuda.is_available(),
-        lora_rank=args.lora if stage == 2 else 0,
+        gradient_checkpointing=args.checkpointing,
+        precision=args.precision,
+        lora_rank=lora,
         log_every=1,
         save_every=0,
         workers=2,
     )
+
+
+def run_stage(cfg: TrainConfig, warmup: int) -> tuple[float, float | None]:
+    """Run one stage through `train()`: (median tokens/s of the steps after warm-up, peak GiB
+    allocated on the GPU, None on CPU)."""
+    _free()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     train(cfg, echo=lambda _: None)
     log = [json.loads(line) for line in (cfg.output / LOG_FILE).read_text().splitlines()]
-    rates = sorted(row["tokens_per_s"] for row in log[1:])  # step 1 is warm-up
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    rates = sorted(row["tokens_per_s"] for row in log[warmup:])
+    peak = torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else None
+    _free()
     return rates[len(rates) // 2], peak
-
-
-def mfu(tokens_per_s: float, n_llm: int, n_vision: int, image_share: float, trains_llm: bool):
-    """Model FLOPs utilisation: 6N per trained token (4N when the LLM is frozen: no weight
-    gradients) plus 2N per token of the frozen vision tower, over the GPU's peak bf16 FLOPs."""
-    per_token = (6 if trains_llm else 4) * n_llm + 2 * n_vision * image_share
-    return tokens_per_s * per_token / PEAK_BF16_FLOPS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per stage")
-    parser.add_argument("--batch", type=int, default=4, help="sequences per step")
-    parser.add_argument("--lora", type=int, default=0, help="stage-2 LoRA rank (7b on 1 GPU)")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps (8; 7b: 12)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps before measuring")
+    parser.add_argument("--batch", type=int, default=None, help="sequences per step (4; 7b: 8)")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on a GPU), bf16, fp32")
+    parser.add_argument(
+        "--checkpointing", action=argparse.BooleanOptionalAction, default=None,
+        help="gradient checkpointing (default: on a GPU)",
+    )  # fmt: skip
+    parser.add_argument("--peak-tflops", type=float, default=None, help="GPU peak bf16 TFLOP/s")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"trainer benchmark: size {args.size}, {args.steps} steps x {args.batch} seqs, {device}")
+    sys.stdout.reconfigure(line_buffering=True)  # lines survive a run cut short by a time limit
+    big = args.size == "7b"
+    args.steps = args.steps or (12 if big else 8)
+    args.batch = args.batch or (8 if big else 4)
+    cuda = torch.cuda.is_available()
+    if args.checkpointing is None:
+        args.checkpointing = cuda
+    device = torch.cuda.get_device_name() if cuda else "CPU"
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / GIB if cuda else None
+    peak_tflops = args.peak_tflops or next(
+        (v for k, v in PEAK_TFLOPS.items() if cuda and k in device), None
+    )
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+    args.precision = "bf16" if bf16 else "fp32"  # what both the plan and the run use
+    print(
+        f"trainer benchmark: size {args.size}, {args.warmup}+{args.steps} steps x {args.batch} "
+        f"seqs, {'bf16' if bf16 else 'fp32'}, checkpointing {'on' if args.checkpointing else 'off'}"
+        f", {device}" + (f" ({gpu_gib:.0f} GiB)" if cuda else "")
+    )
+    loop.export_model = lambda *a, **k: None  # the export is not measured (see the docstring)
+    transformers.utils.logging.disable_progress_bar()
+    started = time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         vision, llm, llm_config = build_towers(root, args.size)
+        print(f"towers built in {time.perf_counter() - started:.0f} s")
         vision_config = CLIPVisionConfig.from_pretrained(vision)
         image_tokens = (vision_config.image_size // vision_config.patch_size) ** 2
         length = mean_length(llm, image_tokens)
-        rows = []
-        for stage in (1, 2):
-            tps, peak = run_stage(stage, root, vision, llm, args)
-            rows.append((f"stage {stage}", tps, peak, stage == 2 and not args.lora))
-        base = baseline_tokens_per_s(llm_config, args.batch, length, args.steps)
-    n_llm = _llm_params(llm_config)
-    n_vision = _vision_params(vision_config)
-    print(f"mean sequence: {length} tokens ({image_tokens} image tokens)")
-    print(f"{'run':<28}{'tokens/s':>12}{'vs baseline':>14}{'MFU':>8}{'peak GiB':>10}")
-    for name, tps, peak, trains_llm in rows:
-        util = mfu(tps, n_llm, n_vision, image_tokens / length, trains_llm)
-        shown = f"{util:.1%}" if torch.cuda.is_available() else "-"
-        print(f"{name:<28}{tps:>12,.0f}{tps / base:>13.2f}x{shown:>8}{peak:>10.1f}")
-    util = f"{mfu(base, n_llm, 0, 0, False):.1%}" if torch.cuda.is_available() else "-"
-    print(f"{'baseline: bare LLM fwd+bwd':<28}{base:>12,.0f}{1:>13.2f}x{util:>8}")
+        for name, stage, lora in RUNS:
+            cfg = stage_config(stage, lora, root, vision, llm, args)
+            plan = plan_run(cfg, gpus=1, gpu_memory_gb=gpu_gib or 80.0)
+            need = plan.memory_gb["zero0"]
+            tps = peak = None
+            if cuda and need.total > FIT_SHARE * gpu_gib:
+                note = f"skipped: the plan needs {need.total:.1f} GiB of {gpu_gib:.0f}"
+            else:
+                t0 = time.perf_counter()
+                try:
+                    tps, peak = run_stage(cfg, args.warmup)
+                    note = f"{time.perf_counter() - t0:.0f} s"
+                except torch.cuda.OutOfMemoryError:
+                    _free()
+                    note = "out of memory"
+            rows.append((name, tps, peak, plan, note))
+            measured = f", {tps:,.0f} tokens/s" if tps is not None else ""
+            if peak is not None:
+                measured += f", peak {peak:.1f} GiB (plan {need.total:.1f})"
+            print(f"{name}: {note}{measured}")
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        base = baseline_tokens_per_s(llm_config, args.batch, length, args.steps, dtype)
+    print(f"mean sequence: {length} tokens ({image_tokens} image tokens); total "
+          f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+    print_table(rows, base, peak_tflops)
 
 
-def _llm_params(config: LlamaConfig) -> int:
-    h, i, n, v = (config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-                  config.vocab_size)  # fmt: skip
-    return n * (4 * h * h + 3 * h * i) + 2 * v * h
-
-
-def _vision_params(config: CLIPVisionConfig) -> int:
-    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    return n * (4 * h * h + 2 * h * i)
+def print_table(rows, base: float, peak_tflops: float | None) -> None:
+    """Throughput, MFU and peak memory against the plan's estimate, one line per run."""
+    head = f"{'run':<22}{'tokens/s':>10}{'vs base':>9}{'MFU':>7}{'peak GiB':>10}{'plan GiB':>10}"
+    print(f"{head}{'peak/plan':>11}  plan: weights + grads + optimizer + activations")
+    for name, tps, peak, plan, note in rows:
+        m = plan.memory_gb["zero0"]
+        split = f"{m.weights:.1f} + {m.gradients:.1f} + {m.optimizer:.1f} + {m.activations:.1f}"
+        if tps is None:
+            print(f"{name:<22}{note:>46}{m.total:>10.1f}{'-':>11}  {split}")
+            continue
+        util = tps * plan.flops_per_token / (peak_tflops * 1e12) if peak_tflops else None
+        print(
+            f"{name:<22}{tps:>10,.0f}{tps / base:>8.2f}x"
+            f"{f'{util:.1%}' if util is not None else '-':>7}"
+            f"{f'{peak:.1f}' if peak is not None else '-':>10}{m.total:>10.1f}"
+            f"{f'{peak / m.total:.2f}' if peak is not None else '-':>11}  {split}"
+        )
+    print(f"{'baseline: bare LLM':<22}{base:>10,.0f}{1:>8.2f}x")
 
 
 if __name__ == "__main__":

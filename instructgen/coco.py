@@ -1,5 +1,8 @@
 """COCO annotations -> ImageContext lines (contexts.jsonl): captions plus normalized boxes.
 
+Each context keeps the image's `coco_url` when the annotations give one, so that `render
+--image url` can show the model the photograph.
+
 The box rule, applied to every instance annotation:
 - crowd annotations (`iscrowd` = 1) are dropped: they outline a group, not one object, and
   would make object counts wrong;
@@ -184,7 +187,10 @@ def iter_contexts(
         summary.contexts += 1
         summary.captions += len(captions)
         summary.boxes += len(boxes)
-        yield ImageContext(image_id, img["file_name"], width, height, captions, tuple(boxes))
+        coco_url = img.get("coco_url") or None
+        yield ImageContext(
+            image_id, img["file_name"], width, height, captions, tuple(boxes), coco_url
+        )
 
 
 def write_contexts(

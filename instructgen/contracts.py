@@ -26,7 +26,10 @@ class Box:
 
 @dataclass(frozen=True, slots=True)
 class ImageContext:
-    """What the language model is told about one image: its captions and its boxes."""
+    """What the language model is told about one image: its captions and its boxes.
+
+    `coco_url` is where COCO serves the image (None when the annotations give none).
+    """
 
     image_id: int
     file_name: str
@@ -34,9 +37,10 @@ class ImageContext:
     height: int
     captions: tuple[str, ...]
     boxes: tuple[Box, ...] = field(default_factory=tuple)
+    coco_url: str | None = None
 
     def to_json(self) -> dict:
-        return {
+        obj = {
             "image_id": self.image_id,
             "file_name": self.file_name,
             "width": self.width,
@@ -44,6 +48,9 @@ class ImageContext:
             "captions": list(self.captions),
             "boxes": [b.to_json() for b in self.boxes],
         }
+        if self.coco_url:
+            obj["coco_url"] = self.coco_url
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "context") -> ImageContext:
@@ -59,6 +66,7 @@ class ImageContext:
                     Box(str(b["category"]), tuple(float(v) for v in b["bbox"]))
                     for b in obj.get("boxes", [])
                 ),
+                coco_url=str(obj["coco_url"]) if obj.get("coco_url") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{where}: not an image context ({type(e).__name__}: {e})") from None

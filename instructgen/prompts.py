@@ -53,16 +53,16 @@ class TaskPrompt:
             messages.append({"role": "assistant", "content": seed.assistant})
         return messages
 
-    def user_message(self, context: ImageContext) -> dict:
-        """The user message presenting `context`."""
-        return {
-            "role": "user",
-            "content": render_template(self.context_template, context_vars(context)),
-        }
+    def user_message(self, context: ImageContext, image_part: dict | None = None) -> dict:
+        """The user message presenting `context`; with `image_part`, the image, then the text."""
+        text = render_template(self.context_template, context_vars(context))
+        if image_part is None:
+            return {"role": "user", "content": text}
+        return {"role": "user", "content": [image_part, {"type": "text", "text": text}]}
 
-    def messages(self, context: ImageContext) -> list[dict]:
+    def messages(self, context: ImageContext, image_part: dict | None = None) -> list[dict]:
         """The full message list for `context`: prefix, then the real context."""
-        return [*self.prefix(), self.user_message(context)]
+        return [*self.prefix(), self.user_message(context, image_part)]
 
 
 def context_vars(context: ImageContext) -> dict:
@@ -152,9 +152,16 @@ def load_seed(path: Path, context_template: jinja2.Template) -> Seed:
 
 
 def load_task_prompt(
-    task: str, prompts_dir: Path = DEFAULT_PROMPTS, seeds_dir: Path = DEFAULT_SEEDS
+    task: str,
+    prompts_dir: Path = DEFAULT_PROMPTS,
+    seeds_dir: Path = DEFAULT_SEEDS,
+    image_attached: bool = False,
 ) -> TaskPrompt:
-    """Load one task's system prompt, context template and seeds (either layout)."""
+    """Load one task's system prompt, context template and seeds (either layout).
+
+    `image_attached` is the system template's variable of that name: true when each request
+    carries its image beside the context (the seed examples stay text only).
+    """
     if task not in TASKS:
         raise InputError(f"unknown task '{task}' (choose from {', '.join(TASKS)})")
     prompts_dir, seeds_dir = Path(prompts_dir), Path(seeds_dir)
@@ -177,7 +184,9 @@ def load_task_prompt(
         )
         return TaskPrompt(task, system, seeds, context_template)
 
-    system = render_template(_load_template(env, "system.j2", folder), {"task": task})
+    system = render_template(
+        _load_template(env, "system.j2", folder), {"task": task, "image_attached": image_attached}
+    )
     if not (seeds_dir / task).is_dir():
         raise InputError(
             f"{seeds_dir}: no seeds folder for task '{task}' (expected {seeds_dir / task}; "

@@ -15,6 +15,7 @@ from pathlib import Path
 from instructgen.contracts import split_custom_id
 from instructgen.files import atomic_writer, iter_jsonl
 from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
+from instructgen.tokens import message_text
 
 BACKEND = "template"
 MODEL = "template-baseline"
@@ -50,8 +51,8 @@ def template_response(task: str, captions: list[str], brief: list[str], key: str
 
 def _last_user_message(request: dict) -> str:
     messages = (request.get("body") or {}).get("messages") or []
-    users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users and isinstance(users[-1], str) else ""
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return message_text(users[-1]) if users else ""  # an image request's text part included
 
 
 def _ok_line(cid: str, text: str) -> dict:

@@ -4,7 +4,9 @@ Real sockets on 127.0.0.1, a small HTTP/1.1 implementation on asyncio streams, s
 can be exact: a socket closed mid-body, a body cut short, a reply that never comes in time.
 
 - `POST /v1/chat/completions` answers deterministic, clearly synthetic text (never a model) in
-  the conversation format (`Question:` / `Answer:` lines).
+  the conversation format (`Question:` / `Answer:` lines); a vision request (image parts as
+  `data:` URLs) gets a synthetic answer naming each image's type, size and hash; `replies`
+  scripts given texts for requests that contain given words.
 - Per-minute budgets (requests, tokens) are enforced in one of three ways (`window`): `bucket`,
   token buckets holding one second of budget, refilled continuously; `second`, fixed one-second
   windows of limit/60 each, as providers quantize a per-minute limit; `minute`, buckets holding
@@ -19,7 +21,8 @@ can be exact: a socket closed mid-body, a body cut short, a reply that never com
   error no retry fixes: a refused key, no credit left, an unknown model.
 - `/v1/files` and `/v1/batches` run a Batch API job that completes after `batch_polls` polls;
   the first `batch_failures` batches fail instead, as one over the enqueued token limit does.
-- `GET /_stats` reports what was answered; in-process users read `server.stats()`.
+- `GET /_stats` reports what was answered, and the image parts of each request;
+  in-process users read `server.stats()`.
 
 Run standalone: `python tests/openai_server.py --port 8765 --rpm 6000 --latency 0.2`.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -86,6 +90,7 @@ class ServerConfig:
     api_key: str | None = None  # when set, any other bearer token gets a 401
     account_error: str | None = None  # a key of ACCOUNT_ERRORS, for every chat request ...
     account_error_after: int = 0  # ... after this many admitted ones
+    replies: dict[str, str] = field(default_factory=dict)  # scripted: see `reply_text`
 
 
 class _Bucket:
@@ -195,6 +200,17 @@ def token_estimate(body: dict) -> int:
     return chars // 4 + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
 
 
+def count_image_parts(body: dict) -> int:
+    """The `image_url` content parts of a chat request, over all its messages."""
+    return sum(
+        1
+        for m in body.get("messages", [])
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    )
+
+
 def synthetic_text(key: str) -> str:
     """Deterministic, clearly synthetic text in the conversation format."""
     return (
@@ -206,9 +222,42 @@ def synthetic_text(key: str) -> str:
     )
 
 
-def completion(body: dict, key: str, fault: str | None) -> dict:
+def image_parts(body: dict) -> list[str]:
+    """The `data:` URLs of the image parts of a chat request's messages."""
+    return [
+        part["image_url"]["url"]
+        for m in body.get("messages", [])
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if part.get("type") == "image_url" and "url" in (part.get("image_url") or {})
+    ]
+
+
+def describe_image(url: str) -> str:
+    """What the server saw of one image: its media type, size in bytes and a hash prefix."""
+    head, _, data = url.partition(",")
+    raw = base64.b64decode(data) if head.endswith(";base64") else data.encode()
+    mime = head.removeprefix("data:").split(";")[0] or "unknown type"
+    return f"{mime}, {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def reply_text(body: dict, key: str, replies: dict[str, str] | None = None) -> str:
+    """The reply: the scripted one whose key text the request's messages contain (first
+    match), else a synthetic description of the images sent, else the synthetic dialogue."""
+    messages = json.dumps(body.get("messages", []), ensure_ascii=False)
+    for needle, reply in (replies or {}).items():
+        if json.dumps(needle, ensure_ascii=False)[1:-1] in messages:
+            return reply
+    images = image_parts(body)
+    if images:
+        seen = "; ".join(describe_image(url) for url in images)
+        return f"Synthetic answer from the instructgen test server, not a model (images: {seen})."
+    return synthetic_text(key)
+
+
+def completion(body: dict, key: str, fault: str | None, replies: dict | None = None) -> dict:
     """A chat.completion object for `body`, shaped by a 200-status fault if any."""
-    text = synthetic_text(key)
+    text = reply_text(body, key, replies)
     finish = "stop"
     if fault == "length":
         text, finish = text[: len(text) // 2], "length"
@@ -249,6 +298,7 @@ class OpenAITestServer:
         self.requests = _budget(self.config.rpm, self.config.window)
         self.tokens = _budget(self.config.tpm, self.config.window)
         self.attempts: Counter[str] = Counter()  # admitted chat requests per key
+        self.image_parts: dict[str, int] = {}  # image_url parts per chat request key
         self.answered: Counter[str] = Counter()  # 200 answers per key (what a user pays for)
         self.statuses: Counter[str] = Counter()  # replies by status or fault kind
         self.admitted_per_second: Counter[int] = Counter()
@@ -367,6 +417,7 @@ class OpenAITestServer:
         limits = self._limit_headers()
         key = request_key(body)
         self.attempts[key] += 1
+        self.image_parts[key] = count_image_parts(body)
         if self.config.account_error and sum(self.attempts.values()) > (
             self.config.account_error_after
         ):
@@ -396,7 +447,7 @@ class OpenAITestServer:
         if fault == "401":  # echoes the credential, as careless servers do, to test redaction
             message = f"Injected authentication error for {self.last_auth}."
             return _error(401, message, "invalid_api_key", limits)
-        data = json.dumps(completion(body, key, fault)).encode()
+        data = json.dumps(completion(body, key, fault, self.config.replies)).encode()
         headers = limits | {"x-request-id": f"req_test_{key}_{self.attempts[key]}"}
         if fault == "truncated":
             return _Reply(200, data[: len(data) // 2], headers)
@@ -512,6 +563,7 @@ class OpenAITestServer:
             body = item["body"]
             key = request_key(body)
             self.attempts[key] += 1
+            self.image_parts[key] = count_image_parts(body)
             fault = self.fault_for(body, key, 1)
             row = {"id": f"batch_req_{key}", "custom_id": item["custom_id"], "error": None}
             if fault in ("400", "401"):
@@ -520,7 +572,8 @@ class OpenAITestServer:
                 err.append(row | {"response": response | {"request_id": f"req_b_{key}"}})
                 continue
             self.answered[key] += 1
-            body_out = completion(body, key, fault if fault in FAULT_KINDS[9:] else None)
+            kind = fault if fault in FAULT_KINDS[9:] else None
+            body_out = completion(body, key, kind, self.config.replies)
             response = {"status_code": 200, "request_id": f"req_b_{key}", "body": body_out}
             out.append(row | {"response": response})
         for rows, slot in ((out, "output_file_id"), (err, "error_file_id")):
@@ -540,6 +593,7 @@ class OpenAITestServer:
             "statuses": dict(self.statuses),
             "admitted_per_second": {str(k): v for k, v in sorted(self.admitted_per_second.items())},
             "duplicates": sum(n - 1 for n in self.answered.values() if n > 1),
+            "image_parts": dict(self.image_parts),
         }
 
 

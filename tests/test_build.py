@@ -104,7 +104,8 @@ def test_broken_invariant_fails_loudly():
 
 def test_records_have_the_llava_shape(built):
     for record in read_list(built / "llava_instruct.json"):
-        assert list(record) == ["id", "image", "conversations", "custom_id", "task", "flags"]
+        fields = ["id", "image", "conversations", "custom_id", "task", "image_mode", "flags"]
+        assert list(record) == fields
         image_id = int(record["custom_id"].split("-")[1])
         assert record["id"] == f"{image_id:012d}"
         assert record["image"] == f"{image_id:012d}.jpg"
@@ -355,3 +356,9 @@ def test_stats_command_reports_a_malformed_stats_json_in_one_line(tmp_path):
     assert done.returncode == 1
     assert "not a stats.json written by `instructgen build`" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_text_only_requests_make_records_of_image_mode_none(built):
+    stats = json.loads((built / "stats.json").read_text())
+    assert stats["records_per_image_mode"] == {"none": 9, "url": 0, "inline": 0}
+    assert {r["image_mode"] for r in read_list(built / "llava_instruct.json")} == {"none"}

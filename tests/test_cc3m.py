@@ -15,13 +15,15 @@ from spacy.tokens import Doc
 from instructgen.cc3m import (
     PhraseCache,
     PhraseTable,
-    detect_layout,
     filter_cc3m,
+    in_key_order,
     noun_phrases,
-    read_rows,
     resolve_model,
+    sample_keys,
     select_pool,
+    walk,
 )
+from instructgen.cc3m_input import detect_layout, read_rows
 from instructgen.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,35 @@ def test_the_walk_goes_from_least_to_most_frequent_phrase():
         assert {0, 1} <= pool and len(pool) == 4
 
 
+def test_equally_frequent_phrases_walk_in_text_order_taking_fresh_rows_of_smallest_key():
+    # "b" (rows 0-2) and "a" (rows 1-3) tie at 3 rows; "a" is walked first
+    table = PhraseTable.from_lists([["b"], ["b", "a"], ["a", "b"], ["a"]])
+    for seed in range(10):
+        a = in_key_order(seed, "a", np.array([1, 2, 3]))[0]
+        b = next(r for r in in_key_order(seed, "b", np.array([0, 1, 2])) if r != a)
+        assert mask(select_pool(table, min_freq=1, max_per_phrase=1, seed=seed)) == {a, b}
+
+
+def test_sample_keys_are_distinct_per_row_and_change_with_seed_and_phrase():
+    rows = np.arange(100_000)
+    keys = sample_keys(0, "dog", rows)
+    assert len(np.unique(keys)) == len(rows)
+    assert not np.array_equal(keys, sample_keys(1, "dog", rows))
+    assert not np.array_equal(keys, sample_keys(0, "cat", rows))
+
+
+def test_the_walk_pools_the_same_rows_when_candidates_come_in_chunks():
+    # the ray engine sends a key-ordered prefix and fetches the rest only when it runs out
+    rng = np.random.default_rng(0)
+    lists = {p: np.sort(rng.choice(500, 120, replace=False)) for p in range(30)}
+    ordered = {p: in_key_order(3, str(p), rows) for p, rows in lists.items()}
+    whole, chunked = np.zeros(500, bool), np.zeros(500, bool)
+    chunked[:50] = whole[:50] = True  # rows pooled earlier, by rarer phrases
+    walk(range(30), lambda p: [ordered[p]], whole, max_per_phrase=20)
+    walk(range(30), lambda p: np.array_split(ordered[p], 12), chunked, max_per_phrase=20)
+    assert np.array_equal(whole, chunked)
+
+
 def test_a_phrase_counts_once_per_caption():
     table = PhraseTable.from_lists([["cat", "cat"], ["cat"]])
     assert table.frequency().tolist() == [2]
@@ -101,15 +132,15 @@ def test_bad_lines_are_reported_and_do_not_shift_ids(tmp_path):
     )
     items = list(read_rows(tsv, detect_layout(tsv)))
     good = [i for i in items if not hasattr(i, "reason")]
-    bad = [(i.lineno, i.reason) for i in items if hasattr(i, "reason")]
+    bad = [(i.where, i.reason) for i in items if hasattr(i, "reason")]
     assert [(g.id, g.caption, g.url) for g in good] == [
         ("GCC_train_000000000", "a dog on a beach", "http://x/0.jpg"),
         ("GCC_train_000000004", "a cat on a sofa", "http://x/4.jpg"),
     ]
     assert bad == [
-        (2, "1 fields, expected 2"),
-        (3, "invalid UTF-8 at byte 3"),
-        (4, "empty caption"),
+        ("line 2", "1 fields, expected 2"),
+        ("line 3", "invalid UTF-8 at byte 3"),
+        ("line 4", "empty caption"),
     ]
 
 

@@ -94,3 +94,11 @@ def test_edited_seed_rebuilds_from_render(data, tmp_path):
         assert make(data) == ["render", "run", "build"]
     finally:
         os.utime(seed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_new_image_setting_re_renders_and_the_records_carry_the_mode(data):
+    make(data)
+    assert make(data, "IMAGE=url") == ["render", "run", "build"]
+    records = json.loads((data / TARGET).read_text())
+    assert {r["image_mode"] for r in records} == {"url"}
+    assert make(data, "IMAGE=url") == []

@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from safetensors.torch import load_file  # noqa: E402
-from train_tiny import build_towers  # noqa: E402
 from transformers import (  # noqa: E402
     CLIPVisionModel,
     LlamaForCausalLM,
@@ -35,14 +34,6 @@ from instructgen.train.model import (  # noqa: E402
 
 pytestmark = pytest.mark.train
 FAST = ["--no-gradient-checkpointing", "--workers", "0", "--log-every", "1", "--precision", "fp32"]
-
-
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory, test_data):
-    root = tmp_path_factory.mktemp("towers")
-    return build_towers(
-        root, [test_data / "train_pretrain.json", test_data / "train_instruct.json"]
-    )
 
 
 @pytest.fixture(scope="module")
@@ -206,39 +197,129 @@ def test_lora_stage2_exports_a_plain_merged_checkpoint(stage1, towers, test_data
     assert not any("lora" in name for name in loaded.state_dict())
 
 
-def test_stage2_without_a_projector_is_a_clear_error(test_data, tmp_path):
+def test_stage2_without_a_projector_or_towers_is_a_clear_error(test_data, tmp_path):
     args = ["train", "--stage", "2", "--data", str(test_data / "train_instruct.json")]
     result = CliRunner().invoke(app, [*args, "--images", str(test_data), "-o", str(tmp_path)])
     assert isinstance(result.exception, InputError)
-    assert "pass --projector DIR" in str(result.exception)
+    assert "--vision MODEL and --llm MODEL" in str(result.exception)
+    assert "or --projector DIR" in str(result.exception)
 
 
-def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(towers, test_data, tmp_path):
+def test_stage2_without_a_projector_starts_fresh_with_the_feature_layer_asked(
+    towers, test_data, tmp_path
+):
+    """The paper's no-pretraining ablation, with the last vision layer's features."""
     vision, llm = map(str, towers)
+    args = ["train", "--stage", "2", "--data", str(test_data / "train_instruct.json")]
+    args += ["--images", str(test_data / "train_images"), "--vision", vision, "--llm", llm]
+    args += ["-o", str(tmp_path), "--max-steps", "1", "--batch-size", "2"]
+    args += ["--micro-batch-size", "2", "--feature-layer", "-1", *FAST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "instructgen_train.json").read_text())
+    assert (meta["stage"], meta["feature_layer"]) == (2, -1)
+    assert LlavaForConditionalGeneration.from_pretrained(tmp_path).config.vision_feature_layer == -1
 
-    def config(out):
-        return TrainConfig(
-            stage=1,
-            data=test_data / "train_pretrain.json",
-            images=test_data / "train_images",
-            output=out,
-            vision=vision,
-            llm=llm,
-            max_steps=3,
-            global_batch=8,
-            micro_batch=4,
-            gradient_checkpointing=False,
-            precision="fp32",
-            save_every=1,
-            resume=True,
-            workers=0,
-        )
 
-    whole = train(config(tmp_path / "whole"), echo=lambda _: None)
-    # A crash after step 2: only the step-2 checkpoint survives in the output folder.
-    shutil.copytree(tmp_path / "whole" / "checkpoint-2", tmp_path / "crashed" / "checkpoint-2")
-    resumed = train(config(tmp_path / "crashed"), echo=lambda _: None)
-    assert whole.steps == resumed.steps == 3
-    a = load_file(tmp_path / "whole" / "projector.safetensors")
-    b = load_file(tmp_path / "crashed" / "projector.safetensors")
+def run_config(towers, test_data, out, **kw) -> TrainConfig:
+    """A run as the resume tests make it: a checkpoint every step, `--resume` always on."""
+    vision, llm = map(str, towers)
+    settings = dict(
+        stage=1,
+        data=test_data / "train_pretrain.json",
+        images=test_data / "train_images",
+        output=out,
+        vision=vision,
+        llm=llm,
+        max_steps=3,
+        global_batch=8,
+        micro_batch=4,
+        gradient_checkpointing=False,
+        precision="fp32",
+        save_every=1,
+        resume=True,
+        workers=0,
+        log_every=1,
+    )
+    return TrainConfig(**{**settings, **kw})
+
+
+def crash_after(whole, crashed, step: int) -> None:
+    """What a crash after `step` leaves: that step's checkpoint and the whole log so far."""
+    shutil.copytree(whole / f"checkpoint-{step}", crashed / f"checkpoint-{step}")
+    shutil.copy(whole / "train_log.jsonl", crashed / "train_log.jsonl")
+
+
+def curve(out) -> list[tuple]:
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["epoch"], r["loss"], r["lr"], r["grad_norm"]) for r in rows]
+
+
+def checkpoint_tensors(out) -> dict:
+    [checkpoint] = out.glob("checkpoint-*")
+    assert not list(checkpoint.glob("model*")) and not list(checkpoint.glob("pytorch_model*"))
+    return load_file(checkpoint / "trained.safetensors")
+
+
+@pytest.fixture(scope="module")
+def checkpointed(towers, test_data, tmp_path_factory):
+    """A 2-step stage-1 run that left its step-1 checkpoint."""
+    out = tmp_path_factory.mktemp("checkpointed") / "run"
+    train(run_config(towers, test_data, out, max_steps=2), echo=lambda _: None)
+    return out
+
+
+def test_stage1_checkpoints_hold_the_projector_and_no_frozen_weight(checkpointed, towers):
+    out = checkpointed
+    assert set(checkpoint_tensors(out)) == {
+        "model.multi_modal_projector.linear_1.weight",
+        "model.multi_modal_projector.linear_1.bias",
+    }
+    settings = json.loads((out / "checkpoint-1" / "instructgen_train.json").read_text())
+    assert (settings["vision"], settings["llm"]) == tuple(map(str, towers))
+
+
+def test_lora_checkpoints_hold_adapters_and_projector_only(stage1, towers, test_data, tmp_path):
+    out = tmp_path / "lora"
+    cfg = run_config(
+        towers, test_data, out, stage=2, data=test_data / "train_instruct.json",
+        projector_from=stage1, lora_rank=4, global_batch=2, micro_batch=2, max_steps=2,
+    )  # fmt: skip
+    train(cfg, echo=lambda _: None)
+    names = set(checkpoint_tensors(out))
+    assert all("lora_" in n or n.startswith("model.multi_modal_projector.") for n in names)
+    assert any("lora_A" in n for n in names) and any("lora_B" in n for n in names)
+    frozen_bytes = (towers[1] / "model.safetensors").stat().st_size
+    assert (out / "checkpoint-1" / "trained.safetensors").stat().st_size < frozen_bytes / 4
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_loss_curve_step_for_step(
+    stage1, towers, test_data, tmp_path
+):
+    # LoRA stage 2 over several epochs: data order, dropout RNG and the warmup-cosine lr all
+    # have to come back exactly for the curves to agree.
+    def cfg(out):
+        return run_config(
+            towers, test_data, out, stage=2, data=test_data / "train_instruct.json",
+            projector_from=stage1, lora_rank=4, lr=1e-2, warmup_ratio=0.3, max_steps=8,
+            global_batch=4, micro_batch=2, save_every=5,
+        )  # fmt: skip
+
+    train(cfg(tmp_path / "whole"), echo=lambda _: None)
+    crash_after(tmp_path / "whole", tmp_path / "crashed", 5)
+    train(cfg(tmp_path / "crashed"), echo=lambda _: None)
+    whole, resumed = curve(tmp_path / "whole"), curve(tmp_path / "crashed")
+    assert [row[:2] for row in resumed] == [row[:2] for row in whole]
+    for a, b in zip(whole, resumed, strict=True):
+        assert a[2:] == pytest.approx(b[2:], rel=1e-5), a[0]
+    a = LlavaForConditionalGeneration.from_pretrained(tmp_path / "whole").state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(tmp_path / "crashed").state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_with_other_towers_is_a_clear_error(checkpointed, towers, test_data, tmp_path):
+    moved = tmp_path / "llm-copy"
+    shutil.copytree(towers[1], moved)
+    cfg = run_config(towers, test_data, checkpointed, llm=str(moved))
+    with pytest.raises(InputError, match=r"checkpoint-1: trained with .* resume with the same"):
+        train(cfg, echo=lambda _: None)

@@ -47,10 +47,7 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 def build_towers(root: Path, data_files: list[Path], seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny CLIP vision tower and a tiny Llama (+ tokenizer) under `root`."""
     torch.manual_seed(seed)
-    texts = [TEMPLATE_TEXT]
-    for path in data_files:
-        for record in json.loads(path.read_text()):
-            texts += [turn["value"] for turn in record["conversations"]]
+    texts = _texts(data_files)
     vision_dir, llm_dir = root / "vision", root / "llm"
     vision = CLIPVisionConfig(
         hidden_size=32,
@@ -80,3 +77,42 @@ def build_towers(root: Path, data_files: list[Path], seed: int = 0) -> tuple[Pat
     LlamaForCausalLM(llm).save_pretrained(llm_dir)
     tokenizer.save_pretrained(llm_dir)
     return vision_dir, llm_dir
+
+
+def write_config_only_towers(root: Path, data_files: list[Path]) -> tuple[Path, Path]:
+    """The paper's towers as a user downloads them minus the weights: CLIP ViT-L/14-336 and a
+    LLaMA-7B, each a folder with config.json (and processor or tokenizer files) only."""
+    vision_dir, llm_dir = root / "vision", root / "llm"
+    CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    ).save_pretrained(vision_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+    ).save_pretrained(vision_dir)
+    build_tokenizer(_texts(data_files)).save_pretrained(llm_dir)
+    LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    ).save_pretrained(llm_dir)
+    return vision_dir, llm_dir
+
+
+def _texts(data_files: list[Path]) -> list[str]:
+    """Every turn of the records in `data_files`, and the template's words."""
+    texts = [TEMPLATE_TEXT]
+    for path in data_files:
+        for record in json.loads(path.read_text()):
+            texts += [turn["value"] for turn in record["conversations"]]
+    return texts

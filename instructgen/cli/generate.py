@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import typer
@@ -17,6 +19,7 @@ from instructgen.client import (
     DEFAULT_TPM,
 )
 from instructgen.errors import InstructgenError
+from instructgen.images import DEFAULT_DETAIL, DEFAULT_MAX_SIDE
 
 # --- coco, render, estimate (stage 1) ---
 
@@ -67,15 +70,41 @@ def render(
         None, help="Prompts folder (ours or LLaVA's layout); default: the bundled prompts/."
     ),
     seeds: Path | None = typer.Option(None, help="Seeds folder; default: the bundled seeds/."),
+    image: str = typer.Option(
+        "none",
+        help="Show the model the image too: none (text only: captions and boxes), url (an "
+        "image_url part: the context's coco_url, or --image-base-url + file_name), inline (a "
+        "base64 JPEG read from --images).",
+    ),
+    image_base_url: str | None = typer.Option(
+        None, help="url mode: send this URL joined with each file_name instead of coco_url."
+    ),
+    images: Path | None = typer.Option(
+        None, help="inline mode: the folder holding the images' files (e.g. COCO train2017/)."
+    ),
+    image_max_side: int = typer.Option(
+        DEFAULT_MAX_SIDE,
+        help="inline mode: shrink each image so its longest side is at most this (px).",
+    ),
+    image_detail: str = typer.Option(
+        DEFAULT_DETAIL, help="The image_url detail asked of the API: low, high or auto."
+    ),
 ) -> None:
     """Contexts -> OpenAI Batch API request lines, one per image and task.
 
-    Messages: system prompt, the seed examples (user/assistant pairs), the image's context;
-    the prefix is identical across requests so providers can cache it.
+    Messages: system prompt, the seed examples (user/assistant pairs), the image's context
+    (with --image, the image beside it); the prefix is identical across requests so providers
+    can cache it.
     """
     from instructgen import prompts as prompt_files
+    from instructgen.images import ImageInput
     from instructgen.render import render_requests
 
+    image_input = None
+    if image == "none" and (image_base_url or images):
+        raise InstructgenError("--image-base-url and --images need --image url or inline")
+    if image != "none":
+        image_input = ImageInput(image, image_detail, image_base_url, images, image_max_side)
     task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
     s = render_requests(
         contexts,
@@ -86,11 +115,13 @@ def render(
         temperature,
         prompts or prompt_files.DEFAULT_PROMPTS,
         seeds or prompt_files.DEFAULT_SEEDS,
+        image_input,
     )
     per_task = ", ".join(f"{t} {n}" for t, n in s.per_task.items())
+    shown = f"image {image}, detail {image_detail}" if image_input else "text only"
     console.print(
         f"[green]wrote[/green] {output}: {s.requests} requests "
-        f"from {s.contexts} contexts ({per_task})"
+        f"from {s.contexts} contexts ({per_task}; {shown})"
     )
 
 
@@ -98,16 +129,24 @@ def render(
 def estimate(
     requests: Path = typer.Argument(..., help="requests.jsonl (Batch API input lines)."),
     model: str | None = typer.Option(None, help="Price as this model instead of each request's."),
+    contexts: Path | None = typer.Option(
+        None,
+        help="contexts.jsonl with the pixel sizes of images sent by URL; default: "
+        "contexts.jsonl beside the requests file, when there.",
+    ),
 ) -> None:
-    """Prompt tokens, expected completion tokens and cost (standard and Batch API), per task."""
+    """Prompt tokens (text and image), expected completion tokens and cost, per task.
+
+    Also how many input files `run --batch-api` would upload.
+    """
     from rich.table import Table
 
     from instructgen.render import estimate_requests
 
-    est = estimate_requests(requests, model)
+    est = estimate_requests(requests, model, contexts or _contexts_beside(requests))
     table = Table(title=f"Estimate for {requests} ({est.model})")
-    columns = ("task", "requests", "prompt tokens", "completion tokens", "standard $")
-    for col in (*columns, "cached prefix $", "batch $"):
+    columns = ("task", "requests", "text tokens", "images", "image tokens", "completion tokens")
+    for col in (*columns, "standard $", "cached prefix $", "batch $"):
         table.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
 
     def dollars(cost: float | None) -> str:
@@ -118,6 +157,8 @@ def estimate(
             row.task,
             f"{row.requests:,}",
             f"{row.prompt_tokens:,}",
+            f"{row.images:,}",
+            "unknown" if row.image_tokens is None else f"{row.image_tokens:,}",
             f"{row.completion_tokens:,}",
             dollars(row.cost_standard),
             dollars(row.cost_cached),
@@ -125,8 +166,20 @@ def estimate(
             style="bold" if row.task == "total" else None,
         )
     out = Console()
-    Console(width=max(out.width, 120)).print(table)  # never squeeze the figures
+    Console(width=max(out.width, 150)).print(table)  # never squeeze the figures
     console.print(f"tokens: {est.token_method}; completions: {est.completion_method}")
+    if est.total.images:
+        console.print(
+            "image tokens: OpenAI's published formula for the model (detail auto counted as "
+            f"high); pixel sizes of {est.image_sizes}"
+        )
+    console.print(f"run --batch-api would upload {est.batch_files:,} input file(s)")
+
+
+def _contexts_beside(requests: Path) -> Path | None:
+    """contexts.jsonl in the requests file's folder, if there is one."""
+    beside = requests.parent / "contexts.jsonl"
+    return beside if beside.is_file() else None
 
 
 # --- run (batch client) ---
@@ -137,6 +190,19 @@ def _seconds(value: float) -> float:
     if value <= 0:
         raise typer.BadParameter(f"must be more than 0 seconds, not {value:g}")
     return value
+
+
+def estimate_line(est, rpm: int, tpm: int) -> str:
+    """What a run would send and cost, at most, and how long it takes at these budgets."""
+    cost = "unknown (no price for the model)"
+    if est.max_cost_usd is not None:
+        cost = f"${est.prompt_cost_usd:,.2f} prompts, at most ${est.max_cost_usd:,.2f} in all"
+        cost += f" (Batch API: at most ${est.max_cost_usd / 2:,.2f})"
+    return (
+        f"{est.to_send:,} of {est.total:,} requests to send; {est.prompt_tokens:,} prompt "
+        f"tokens, at most {est.max_completion_tokens:,} completion tokens; {cost}; about "
+        f"{est.minutes:,.1f} min at {rpm:,} RPM / {tpm:,} TPM"
+    )
 
 
 @app.command()
@@ -229,16 +295,8 @@ def run(
     )
     if dry_run:
         est = runner.dry_run(requests, journal, config)
-        cost = "unknown (no price for the model)"
-        if est.max_cost_usd is not None:
-            cost = f"${est.prompt_cost_usd:,.2f} prompts, at most ${est.max_cost_usd:,.2f} in all"
-            cost += f" (Batch API: at most ${est.max_cost_usd / 2:,.2f})"
-        console.print(
-            f"dry run: {est.to_send:,} of {est.total:,} requests to send; "
-            f"{est.prompt_tokens:,} prompt tokens, at most {est.max_completion_tokens:,} "
-            f"completion tokens; {cost}; about {est.minutes:,.1f} min at {rpm:,} RPM / "
-            f"{tpm:,} TPM. Nothing sent."
-        )
+        console.print(f"dry run: {estimate_line(est, rpm, tpm)}. Nothing sent.")
+        _print_dry_run_images(requests, journal)
         return
     if backend == "template":
         from instructgen.template_backend import write_template_responses
@@ -265,6 +323,26 @@ def run(
         f"{summary.wall_s:,.1f} s; cost ${summary.cost_usd:,.4f}; retried/failed attempts: "
         f"{errors}; finish reasons: {finishes}; {summary.output_lines:,} lines -> {output}; "
         f"journal {journal}"
+    )
+
+
+def _print_dry_run_images(requests: Path, journal: Path) -> None:
+    """The image tokens of the requests a run would send (those not done in the journal)."""
+    from instructgen.render import image_totals
+
+    done: frozenset[str] = frozenset()
+    if journal.is_file():
+        with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT custom_id FROM requests WHERE status = 'done'")
+            done = frozenset(cid for (cid,) in rows)
+    totals = image_totals(requests, _contexts_beside(requests), done)
+    if not totals.images:
+        return
+    tokens = "unknown" if totals.tokens is None else f"{totals.tokens:,}"
+    cost = "unknown" if totals.cost_usd is None else f"${totals.cost_usd:,.2f}"
+    console.print(
+        f"images: {totals.images:,} to send, {tokens} image tokens, {cost} more "
+        "(not in the figures above; detail auto counted as high)"
     )
 
 

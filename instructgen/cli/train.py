@@ -54,13 +54,21 @@ def train(
         "Stage 2 defaults to the one stage 1 used.",
     ),
     projector_from: Path = typer.Option(
-        None, "--projector", help="Stage 2: the stage-1 output folder to start from."
+        None,
+        "--projector",
+        help="Stage 2: the stage-1 output folder to start from. Without it, stage 2 starts "
+        "from a fresh projector (no pretraining) and needs --vision and --llm.",
     ),
     projector: str = typer.Option(
-        "linear", "--projector-type", help="Stage 1: linear (the paper) or mlp2x_gelu."
+        "linear",
+        "--projector-type",
+        help="Stage 1 (or stage 2 without --projector): linear (the paper) or mlp2x_gelu.",
     ),
     feature_layer: int = typer.Option(
-        -2, "--feature-layer", help="Stage 1: vision layer whose patch features are used."
+        -2,
+        "--feature-layer",
+        help="Stage 1 (or stage 2 without --projector): vision layer whose patch features "
+        "are used; -2 the second-to-last (the paper), -1 the last. Stage 2 keeps stage 1's.",
     ),
     template: str = typer.Option(
         None, "--template", help="plain or v1 (Vicuna style). Default: plain in 1, v1 in 2."
@@ -121,11 +129,28 @@ def train(
     log_every: int = typer.Option(10, "--log-every", help="Optimizer steps between metric lines."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
     workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Plan the run instead: parameters, memory per GPU (ZeRO 0/2/3), steps, hours, "
+        "from the towers' configs only (no weights read); writes OUT/plan.json.",
+    ),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Dry run: GPUs to plan for."),
+    gpu_memory_gb: float = typer.Option(
+        80.0, "--gpu-memory-gb", help="Dry run: memory of one GPU, GB, to say what fits."
+    ),
+    gpu_tflops: float = typer.Option(
+        None, "--gpu-tflops", help="Dry run: peak dense bf16 TFLOP/s of one GPU (H100: 989)."
+    ),
+    mfu: float = typer.Option(
+        None, "--mfu", help="Dry run: share of that peak the run reaches (e.g. 0.4), for hours."
+    ),
 ) -> None:
     """Train the LLaVA model: stage 1 (projector) or stage 2 (instruction tuning).
 
     Runs on one device as is, or on many under `accelerate launch --config_file
-    configs/zero2.yaml -m instructgen.cli train ...` (see configs/).
+    configs/zero2.yaml -m instructgen.cli train ...` (see configs/). `--dry-run` plans the
+    run first, on any machine, in seconds.
     """
     _require_train_extra()
     from instructgen.train.loop import TrainConfig
@@ -160,6 +185,14 @@ def train(
         seed=seed,
         workers=workers,
     )
+    if dry_run:
+        from instructgen.train.plan import plan_lines, plan_run, write_plan
+
+        plan = plan_run(cfg, gpus, gpu_memory_gb, gpu_tflops, mfu)
+        for line in plan_lines(plan):
+            console.print(line, highlight=False)
+        console.print(f"[green]plan written[/green] -> {write_plan(plan, output)}", highlight=False)
+        return
     result = run_stage(cfg, echo=lambda line: console.print(line, highlight=False))
     console.print(
         f"[green]stage {stage} done[/green]: {result.steps} steps in {result.seconds:.0f} s, "

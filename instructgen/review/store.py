@@ -142,6 +142,7 @@ class RecordView:
     rescued: bool
     context: ImageContext | None
     image: str
+    image_mode: str | None  # how the model was shown the image; None if the record does not say
 
 
 def _now() -> str:
@@ -506,6 +507,7 @@ def get_record(conn: sqlite3.Connection, key: str) -> RecordView:
         rescued=bool(review and review.rescue is not None),
         context=context,
         image=str(image or _image_name(row["image_id"], context.file_name if context else None)),
+        image_mode=original.get("image_mode") if not quarantined else None,
     )
 
 

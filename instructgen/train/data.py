@@ -185,15 +185,56 @@ def tokenize_pieces(
     exactly. When the cut falls inside an image block, the sequence ends before that block and
     the image is dropped from the example.
     """
+    [example] = tokenize_many([pieces], tokenizer, image_token_id, tokens_per_image, max_length)
+    return example
+
+
+def tokenize_many(
+    examples: Sequence[Sequence[Piece]],
+    tokenizer,
+    image_token_id: int,
+    tokens_per_image: int,
+    max_length: int,
+) -> list[Example]:
+    """`tokenize_pieces` for many examples with one batched tokenizer call (fast on 600K)."""
     if max_length <= tokens_per_image:
         raise InputError(
             f"--max-length {max_length} cannot hold one image ({tokens_per_image} tokens); raise it"
         )
+    chunks = [
+        chunk
+        for pieces in examples
+        for piece in pieces
+        for chunk in piece.text.split(IMAGE_TOKEN)
+        if chunk
+    ]
+    encoded = iter(_encode(tokenizer, chunks))
+    # Looked up once: each lookup goes through the tokenizer's vocabulary.
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return [
+        _assemble(pieces, encoded, bos, eos, image_token_id, tokens_per_image, max_length)
+        for pieces in examples
+    ]
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens; the Rust tokenizer directly when there is one
+    (what `tokenizer(texts)` calls, without building a BatchEncoding)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def _assemble(pieces, encoded, bos, eos, image_token_id, tokens_per_image, max_length) -> Example:
+    """One example from its pieces and an iterator over the token ids of its text chunks."""
     ids: list[int] = []
     labels: list[int] = []
     blocks: list[tuple[int, int]] = []  # [start, end) of each image block
-    if tokenizer.bos_token_id is not None:
-        ids.append(tokenizer.bos_token_id)
+    if bos is not None:
+        ids.append(bos)
         labels.append(IGNORE)
     for piece in pieces:
         for k, chunk in enumerate(piece.text.split(IMAGE_TOKEN)):
@@ -202,12 +243,12 @@ def tokenize_pieces(
                 ids.extend([image_token_id] * tokens_per_image)
                 labels.extend([IGNORE] * tokens_per_image)
             if chunk:
-                chunk_ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+                chunk_ids = next(encoded)
                 ids.extend(chunk_ids)
                 labels.extend(chunk_ids if piece.train else [IGNORE] * len(chunk_ids))
         if piece.eos:
-            ids.append(tokenizer.eos_token_id)
-            labels.append(tokenizer.eos_token_id if piece.train else IGNORE)
+            ids.append(eos)
+            labels.append(eos if piece.train else IGNORE)
     cut = min(len(ids), max_length)
     for start, end in blocks:
         if start < cut < end:

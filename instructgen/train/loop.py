@@ -1,9 +1,10 @@
 """The training loop for both stages, on accelerate (one process, DDP or DeepSpeed alike).
 
 Stage 1 trains the projector on pretrain.json with the `plain` template; stage 2 starts from
-the stage-1 projector and trains projector and LLM on llava_instruct.json with `v1`. The
-vision tower is frozen in both. Run it plainly, or under `accelerate launch --config_file
-configs/zero3.yaml` for many GPUs: accelerate does all the distributed work.
+the stage-1 projector (or a fresh one: no pretraining) and trains projector and LLM on
+llava_instruct.json with `v1`. The vision tower is frozen in both. Run it plainly, or under
+`accelerate launch --config_file configs/zero3.yaml` for many GPUs: accelerate does all the
+distributed work.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import get_cosine_schedule_with_warmup
 
 from instructgen.errors import InputError
-from instructgen.files import read_json, write_json
+from instructgen.files import atomic_writer, read_json, write_json
 from instructgen.train.data import (
     TEMPLATES,
     LlavaDataset,
@@ -30,6 +32,7 @@ from instructgen.train.data import (
     read_records,
 )
 from instructgen.train.export import (
+    META_FILE,
     TrainedWith,
     export_model,
     load_projector,
@@ -71,6 +74,7 @@ MAX_LENGTH = 2048
 MAX_GRAD_NORM = 1.0
 LOG_FILE = "train_log.jsonl"
 STATE_FILE = "trainer_state.json"
+TRAINED_FILE = "trained.safetensors"  # a checkpoint's trained tensors, by parameter name
 
 
 @dataclass(frozen=True)
@@ -126,17 +130,12 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     recipe = RECIPES.get(cfg.stage)
     if recipe is None:
         raise InputError(f"--stage must be 1 or 2, got {cfg.stage}")
-    meta = _trained_with(cfg, recipe)
+    meta = trained_with(cfg, recipe)
     lr = cfg.lr if cfg.lr is not None else recipe.lr
     global_batch = cfg.global_batch or recipe.global_batch
     epochs = cfg.epochs if cfg.epochs is not None else recipe.epochs
     processes = PartialState().num_processes
-    accum, rest = divmod(global_batch, cfg.micro_batch * processes)
-    if accum < 1 or rest:
-        raise InputError(
-            f"--batch-size {global_batch} is not a multiple of --micro-batch-size "
-            f"{cfg.micro_batch} x {processes} device(s); change one of them"
-        )
+    accum = accumulation(global_batch, cfg.micro_batch, processes)
     precision = _precision(cfg.precision)
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -158,7 +157,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     towers = Towers(meta.vision, meta.llm, meta.projector, meta.feature_layer)
     model = build_model(towers, tokenizer, load_dtype)
     model.model.multi_modal_projector.float()
-    if cfg.stage == 2:
+    if cfg.stage == 2 and cfg.projector_from is not None:
         load_projector(model, cfg.projector_from)
     set_trainable(model, train_llm=train_llm)
     if cfg.lora_rank:
@@ -192,25 +191,36 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,  # don't restart workers every epoch
+        # Each new iterator draws a worker seed: from its own generator, not from the global
+        # one that dropout uses, so a resumed run's dropout masks are the uninterrupted run's.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     batches_per_epoch = math.ceil(len(dataset) / (cfg.micro_batch * processes))
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * epochs))
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    total_steps = optimizer_steps(
+        len(dataset), cfg.micro_batch, processes, accum, epochs, cfg.max_steps
+    )
+    # The fused kernel updates in place: the default multi-tensor one holds a temporary as
+    # large as the trained weights, 27 GB for a fully trained 7B LLM.
+    fused = accelerator.device.type == "cuda"
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
+    _keep_checkpoints_lean(accelerator, model)
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     step, epoch, skip = 0, 0, 0
     checkpoint = _latest_checkpoint(out) if cfg.resume else None
     if checkpoint:
-        accelerator.load_state(str(checkpoint))
+        _check_same_towers(checkpoint, meta)
+        accelerator.load_state(str(checkpoint), **_deepspeed_kwargs(accelerator, "load"))
         state = read_json(checkpoint / STATE_FILE)
         step, epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
+        if accelerator.is_main_process:
+            _drop_log_rows_after(out / LOG_FILE, step)
         say(f"resumed from {checkpoint} at step {step}")
     elif cfg.resume:
         say(f"no checkpoint in {out}: starting from step 0")
@@ -271,7 +281,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
                 if accelerator.is_main_process:
                     _append_log(out / LOG_FILE, last)
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, out, step, epoch, seen)
+                _save_checkpoint(accelerator, out, meta, step, epoch, seen)
             if step >= total_steps:
                 break
         else:
@@ -303,14 +313,31 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     )
 
 
-def _trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
+def accumulation(global_batch: int, micro_batch: int, processes: int) -> int:
+    """Micro-batches per optimizer step and device, so that the global batch is met exactly."""
+    accum, rest = divmod(global_batch, micro_batch * processes)
+    if accum < 1 or rest:
+        raise InputError(
+            f"--batch-size {global_batch} is not a multiple of --micro-batch-size "
+            f"{micro_batch} x {processes} device(s); change one of them"
+        )
+    return accum
+
+
+def optimizer_steps(
+    records: int, micro_batch: int, processes: int, accum: int, epochs: float, max_steps: int | None
+) -> int:
+    """Optimizer steps of a run: `max_steps`, else `epochs` passes (a last partial step counts)."""
+    batches_per_epoch = math.ceil(records / (micro_batch * processes))
+    return max_steps or max(1, math.ceil(math.ceil(batches_per_epoch / accum) * epochs))
+
+
+def trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
     """Resolve towers and template: stage 2 inherits what stage 1 recorded unless overridden."""
     template = cfg.template or recipe.template
     if template not in TEMPLATES:
         raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
-    if cfg.stage == 2:
-        if cfg.projector_from is None:
-            raise InputError("stage 2 starts from the stage-1 projector: pass --projector DIR")
+    if cfg.stage == 2 and cfg.projector_from is not None:
         before = read_trained_with(cfg.projector_from)
         return TrainedWith(
             stage=2,
@@ -323,10 +350,18 @@ def _trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
         )
     if not cfg.vision or not cfg.llm:
         raise InputError(
-            "stage 1 needs --vision MODEL and --llm MODEL (hub names or local folders)"
+            f"stage {cfg.stage} needs --vision MODEL and --llm MODEL (hub names or local folders)"
+            + (", or --projector DIR (a finished stage 1)" if cfg.stage == 2 else "")
         )
+    # Stage 2 without a stage-1 projector starts from a fresh one (no pretraining).
     return TrainedWith(
-        1, cfg.vision, cfg.llm, cfg.projector, cfg.feature_layer, template, cfg.pad_to_square
+        cfg.stage,
+        cfg.vision,
+        cfg.llm,
+        cfg.projector,
+        cfg.feature_layer,
+        template,
+        cfg.pad_to_square,
     )
 
 
@@ -356,11 +391,100 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _save_checkpoint(accelerator, out: Path, step: int, epoch: int, batches_in_epoch: int) -> None:
-    """Save model, optimizer, scheduler and RNG state; keep only the newest checkpoint."""
+def _keep_checkpoints_lean(accelerator, model) -> None:
+    """Make `save_state` / `load_state` keep only the trained tensors of the model.
+
+    The frozen towers are not copied into checkpoints: they are loaded again from the sources
+    named in the checkpoint's instructgen_train.json. Optimizer, scheduler, RNG and sampler
+    states are saved by accelerate as usual. Under DeepSpeed the engine saves the model itself,
+    told to leave frozen parameters out (`_deepspeed_kwargs`).
+    """
+    if _zero_stage(accelerator) is not None:
+        return
+
+    def trained(models) -> dict[str, torch.nn.Parameter]:
+        unwrapped = accelerator.unwrap_model(models[0])
+        return {name: p for name, p in unwrapped.named_parameters() if p.requires_grad}
+
+    def save(models, weights, directory) -> None:
+        weights.clear()  # accelerate would save the whole model, frozen towers included
+        if accelerator.is_main_process:
+            tensors = {n: p.detach().contiguous().cpu() for n, p in trained(models).items()}
+            save_file(tensors, str(Path(directory) / TRAINED_FILE))
+
+    def load(models, directory) -> None:
+        params = trained(models)
+        models.clear()  # loaded here, not by accelerate
+        path = Path(directory) / TRAINED_FILE
+        if not path.is_file():
+            raise InputError(f"{directory}: no {TRAINED_FILE}; delete this checkpoint folder")
+        tensors = load_file(str(path))
+        if set(tensors) != set(params):
+            odd = sorted(set(tensors) ^ set(params))[0]
+            raise InputError(
+                f"{path}: the checkpoint trained other tensors than this run (e.g. {odd}); "
+                "resume with the same --stage, --lora-rank and --freeze-llm"
+            )
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[name])
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def _deepspeed_kwargs(accelerator, action: str) -> dict:
+    """DeepSpeed's own switches for checkpoints without frozen parameters."""
+    if _zero_stage(accelerator) is None:
+        return {}
+    if action == "save":
+        return {"exclude_frozen_parameters": True}
+    return {"load_module_strict": False}
+
+
+def _check_same_towers(checkpoint: Path, meta: TrainedWith) -> None:
+    """A checkpoint holds trained tensors only: the frozen parts must come from the same towers."""
+    if not (checkpoint / META_FILE).is_file():
+        raise InputError(
+            f"{checkpoint}: no {META_FILE} (a checkpoint of an older version); delete the "
+            "folder to start over"
+        )
+    saved = read_trained_with(checkpoint)
+    if saved != meta:
+        raise InputError(
+            f"{checkpoint}: trained with {saved.vision} + {saved.llm} (template "
+            f"{saved.template}), this run uses {meta.vision} + {meta.llm} (template "
+            f"{meta.template}); resume with the same towers and settings, or use a new -o folder"
+        )
+
+
+def _drop_log_rows_after(path: Path, step: int) -> None:
+    """Forget metric lines of steps after the checkpoint: the resumed run logs them again.
+    A line cut short by the crash is dropped too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    with atomic_writer(path) as f:
+        f.write("".join(line + "\n" for line in kept))
+
+
+def _save_checkpoint(
+    accelerator, out: Path, meta: TrainedWith, step: int, epoch: int, batches_in_epoch: int
+) -> None:
+    """Save trained tensors, optimizer, scheduler, RNG and data position; keep only the newest.
+
+    instructgen_train.json names the towers the frozen weights are loaded from on resume.
+    """
     directory = out / f"checkpoint-{step}"
-    accelerator.save_state(str(directory))
+    accelerator.save_state(str(directory), **_deepspeed_kwargs(accelerator, "save"))
     if accelerator.is_main_process:
+        write_json(directory / META_FILE, asdict(meta), indent=2)
         # The state file is written last: a checkpoint without it is incomplete and ignored.
         state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
         write_json(directory / STATE_FILE, state)

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
+    CLIPVisionConfig,
     CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -26,6 +28,8 @@ from instructgen.errors import InputError
 
 PROJECTORS = ("linear", "mlp2x_gelu")
 _ACTIVATION = {"linear": "linear", "mlp2x_gelu": "gelu"}
+# The LLM's attention and MLP projections (Llama, Mistral, Qwen names) that LoRA wraps.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -55,23 +59,12 @@ def load_image_processor(vision: str):
 
 def build_model(towers: Towers, tokenizer, dtype: torch.dtype = torch.float32):
     """Assemble a `LlavaForConditionalGeneration` from pretrained towers and a fresh projector."""
-    if towers.projector not in PROJECTORS:
-        raise InputError(f"unknown projector {towers.projector!r}; choose {', '.join(PROJECTORS)}")
+    _check_projector(towers.projector)
     vision = _load(CLIPVisionModel.from_pretrained, towers.vision, "vision tower", dtype=dtype)
     causal = _load(AutoModelForCausalLM.from_pretrained, towers.llm, "LLM", dtype=dtype)
     if len(tokenizer) > causal.get_input_embeddings().num_embeddings:
         causal.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    vc = vision.config
-    config = LlavaConfig(
-        vision_config=vc,
-        text_config=causal.config,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=tokens_per_image(vc),
-        projector_hidden_act=_ACTIVATION[towers.projector],
-        vision_feature_layer=towers.feature_layer,
-        vision_feature_select_strategy="default",  # drop the CLS token, keep patch tokens
-        tie_word_embeddings=causal.config.tie_word_embeddings,
-    )
+    config = llava_config(towers, vision.config, causal.config, tokenizer)
     with torch.device("meta"):  # the towers are loaded already; don't allocate them twice
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = vision
@@ -80,6 +73,41 @@ def build_model(towers: Towers, tokenizer, dtype: torch.dtype = torch.float32):
     model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
     init_projector(model, towers.projector)
     return model
+
+
+def build_empty_model(towers: Towers, tokenizer):
+    """The same model built from the towers' configs alone, on the meta device.
+
+    No weight is read or allocated: the parameters have shapes and no storage, so a 7B model
+    costs nothing. Its parameter names, shapes and counts equal those of `build_model`.
+    """
+    _check_projector(towers.projector)
+    vision_config = _load(CLIPVisionConfig.from_pretrained, towers.vision, "vision config")
+    text_config = _load(AutoConfig.from_pretrained, towers.llm, "LLM config")
+    # build_model grows the embeddings to the tokenizer (the added <image> token); so do we.
+    text_config.vocab_size = max(text_config.vocab_size, len(tokenizer))
+    config = llava_config(towers, vision_config, text_config, tokenizer)
+    with torch.device("meta"):
+        return LlavaForConditionalGeneration(config)
+
+
+def llava_config(towers: Towers, vision_config, text_config, tokenizer) -> LlavaConfig:
+    """The wiring of the two towers: image token, feature layer, projector activation."""
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=tokens_per_image(vision_config),
+        projector_hidden_act=_ACTIVATION[towers.projector],
+        vision_feature_layer=towers.feature_layer,
+        vision_feature_select_strategy="default",  # drop the CLS token, keep patch tokens
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+
+
+def _check_projector(projector: str) -> None:
+    if projector not in PROJECTORS:
+        raise InputError(f"unknown projector {projector!r}; choose {', '.join(PROJECTORS)}")
 
 
 def init_projector(model, projector: str) -> None:
@@ -126,20 +154,18 @@ def add_lora(model, rank: int) -> None:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        lora_dropout=0.05,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=list(LORA_TARGETS)
     )
     model.model.language_model = get_peft_model(model.model.language_model, config)
+
+
+def lora_params(model, rank: int) -> int:
+    """Parameters `add_lora(model, rank)` adds: rank x (in + out) per wrapped projection."""
+    return sum(
+        rank * (module.in_features + module.out_features)
+        for name, module in model.model.language_model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS
+    )
 
 
 def merge_lora(model) -> None:
