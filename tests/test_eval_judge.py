@@ -282,3 +282,28 @@ def test_our_contexts_file_and_coco_file_names_match_llava_questions(tmp_path, q
     answer = Answer(0, "", "Brown.", "a", "m")
     pairs, missing = match_pairs([question], read_contexts(ours), {0: answer}, {0: answer}, ours)
     assert pairs[0].context.captions == ("Two suitcases.",) and missing == []
+
+
+def test_an_image_name_without_a_number_matches_only_a_context_of_that_name(tmp_path):
+    from instructgen.eval.judge import match_pairs
+    from instructgen.eval.records import Answer, Question, read_contexts
+
+    contexts = tmp_path / "contexts.jsonl"
+    contexts.write_text(json.dumps({"image": "cat.jpg", "captions": ["A cat."], "instances": []}))
+    question = Question(0, "bird.jpg", "What bird?", "conv")
+    answer = Answer(0, "", "A robin.", "a", "m")
+    with pytest.raises(InputError, match="no context for image bird.jpg"):
+        match_pairs([question], read_contexts(contexts), {0: answer}, {0: answer}, contexts)
+
+
+def test_a_text_only_question_is_refused_in_one_line(tmp_path, qa90):
+    from instructgen.eval.judge import match_pairs
+    from instructgen.eval.records import Answer, Question, read_contexts
+
+    contexts = qa90 / "caps_boxes_coco2014_val_80.jsonl"
+    question = Question("sqa-4", None, "Which is a mammal?", "scienceqa")
+    answer = Answer("sqa-4", "", "B", "a", "m")
+    with pytest.raises(InputError, match="question 'sqa-4' has no image"):
+        match_pairs(
+            [question], read_contexts(contexts), {"sqa-4": answer}, {"sqa-4": answer}, contexts
+        )

@@ -89,11 +89,17 @@ def match_pairs(
     without it.
     """
     by_id = {image_key(name): c for name, c in contexts.items()}
+    by_id.pop(None, None)  # names without an image number match by their full name only
     pairs, missing = [], []
     for q in questions:
         if q.question_id not in reference or q.question_id not in candidate:
             missing.append(q.question_id)
             continue
+        if q.image is None:
+            raise InputError(
+                f"question {q.question_id!r} has no image: the judge scores answers about an "
+                "image from its captions and boxes; leave text-only questions out of --questions"
+            )
         context = contexts.get(q.image) or by_id.get(image_key(q.image))
         if context is None:
             raise InputError(
