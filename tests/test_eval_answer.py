@@ -276,3 +276,21 @@ def test_a_question_the_endpoint_refuses_is_reported_and_asked_again_on_rerun(
     result = endpoint(qa90, out, server)
     assert result.exit_code == 0, result.output
     assert [a["question_id"] for a in read_lines(out)] == list(range(N))
+
+
+def test_a_question_without_a_response_line_counts_as_failed_not_answered(tmp_path):
+    from instructgen.eval.answer import answer_with_endpoint
+    from instructgen.eval.records import Question
+
+    questions = [Question(q, None, f"Question {q}?", "conv") for q in range(3)]
+
+    def send(requests, responses):  # a batch that came back with one line only
+        reply = {"choices": [{"message": {"content": "Yes."}, "finish_reason": "stop"}]}
+        line = {"custom_id": "answer-1", "response": {"status_code": 200, "body": reply}}
+        responses.write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n")
+        return True
+
+    out = tmp_path / "answers.jsonl"
+    stats = answer_with_endpoint(questions, None, out, "m", 0.0, 16, send)
+    assert (stats.answered_now, stats.failed) == (1, 2)
+    assert [a["question_id"] for a in read_lines(out)] == [1]

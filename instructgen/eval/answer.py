@@ -184,18 +184,22 @@ def write_vision_requests(
 def answers_from_responses(
     responses: Path, questions: list[Question], model: str, temperature: float, max_tokens: int
 ) -> tuple[list[Answer], int, int]:
-    """Answers from a responses.jsonl of `vision_request`s: (answers, failed, tokens)."""
+    """Answers from a responses.jsonl of `vision_request`s: (answers, failed, tokens).
+
+    A question counts as failed unless a response line answers it: an error line, no line at
+    all, and a reply without text are all failures, asked again on a rerun.
+    """
     by_id = {custom_id(q): q for q in questions}
-    answers, failed, tokens = [], 0, 0
+    answered: dict[int | str, Answer] = {}
+    tokens = 0
     for _, line in iter_jsonl(responses):
         question = by_id.get(line.get("custom_id"))
-        if question is None:
+        if question is None or question.question_id in answered:
             continue
         body = (line.get("response") or {}).get("body") or {}
         choice = (body.get("choices") or [{}])[0]
         text = (choice.get("message") or {}).get("content")
         if line.get("error") or not isinstance(text, str):
-            failed += 1
             continue
         usage = body.get("usage") or {}
         tokens += int(usage.get("completion_tokens") or 0)
@@ -216,8 +220,8 @@ def answers_from_responses(
             model,
             metadata,
         )
-        answers.append(model_answer)
-    return answers, failed, tokens
+        answered[question.question_id] = model_answer
+    return list(answered.values()), len(questions) - len(answered), tokens
 
 
 def endpoint_files(output: Path) -> tuple[Path, Path, Path]:
