@@ -307,3 +307,13 @@ def test_a_text_only_question_is_refused_in_one_line(tmp_path, qa90):
         match_pairs(
             [question], read_contexts(contexts), {"sqa-4": answer}, {"sqa-4": answer}, contexts
         )
+
+
+def test_compat_llava_divides_the_means_rounded_to_three_decimals_as_llava_does():
+    from instructgen.eval.judge import JudgeSettings, Review, summarize
+
+    # reference 5, 5, 6 (mean 5.3333), candidate 3, 3, 3: 56.25 exactly, 56.2535 from 5.333
+    reviews = [Review(q, "conv", (r, 3.0), "") for q, r in enumerate((5.0, 5.0, 6.0))]
+    ours = summarize(reviews, JudgeSettings("m", 0.2, 64, False, None), [])
+    llava = summarize(reviews, JudgeSettings("m", 0.2, 64, False, "llava"), [])
+    assert (ours["all"]["relative"], llava["all"]["relative"]) == (56.2, 56.3)

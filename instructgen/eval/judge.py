@@ -258,8 +258,10 @@ def score_frame(reviews: list[Review], settings: JudgeSettings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).astype({"gain": float})
 
 
-def _stats(frame: pd.DataFrame, swap: bool) -> dict:
+def _stats(frame: pd.DataFrame, swap: bool, compat: str | None = None) -> dict:
     ref, cand = frame["reference"].mean(), frame["candidate"].mean()
+    if compat == "llava":  # LLaVA divides the means rounded to 3 decimals
+        ref, cand = round(ref, 3), round(cand, 3)
     stats = {
         "relative": round(100 * cand / ref, 1) if ref and pd.notna(ref) else None,
         "reference_mean": round(float(ref), 3) if pd.notna(ref) else None,
@@ -277,13 +279,13 @@ def _stats(frame: pd.DataFrame, swap: bool) -> dict:
 def summarize(reviews: list[Review], settings: JudgeSettings, missing: list[int | str]) -> dict:
     """summary.json: overall and per-category relative scores, counts and the judge settings."""
     frame = score_frame(reviews, settings)
-    summary = {"all": _stats(frame, settings.swap) | {"missing": len(missing)}}
+    summary = {"all": _stats(frame, settings.swap, settings.compat) | {"missing": len(missing)}}
     present = list(dict.fromkeys(frame["category"]))
     order = [c for c in CATEGORY_ORDER if c in present] + sorted(
         c for c in present if c not in CATEGORY_ORDER
     )
     for category, group in frame.groupby("category", sort=False):
-        summary[category] = _stats(group, settings.swap)
+        summary[category] = _stats(group, settings.swap, settings.compat)
     summary = {"all": summary["all"]} | {c: summary[c] for c in order}
     summary["judge"] = {
         "model": settings.model,
