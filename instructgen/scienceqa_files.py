@@ -101,6 +101,8 @@ def read_official(problems_path: Path, pid_splits_path: Path, split: str) -> Spl
     splits = read_json(pid_splits_path)
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
         raise InputError(f"{pid_splits_path}: expected {{split: [pid, ...]}}")
+    if split not in splits and canonical_split(split) in splits:
+        split = canonical_split(split)  # `validation`, as Hugging Face names it, is `val`
     if split not in splits:
         raise InputError(
             f"{pid_splits_path}: no split {split!r}; it has {', '.join(sorted(splits))}"

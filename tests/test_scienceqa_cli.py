@@ -165,6 +165,12 @@ def test_an_unknown_split_names_the_splits_there_are(official, tmp_path):
     assert "no split 'dev'; it has test, train, val" in str(result.exception)
 
 
+def test_validation_names_the_val_split_of_the_official_layout(official, tmp_path):
+    result = invoke("questions", *official, "--split", "validation", "-o", tmp_path / "q.jsonl")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["question_id"] for line in open(tmp_path / "q.jsonl")] == ["6"]
+
+
 def test_a_split_with_none_of_its_pids_in_the_problems_is_an_error(test_data, tmp_path):
     splits = tmp_path / "pid_splits.json"
     splits.write_text(json.dumps({"test": ["1801", "1802"]}))
