@@ -36,6 +36,18 @@ def test_a_scores_block_parses_when_the_first_line_is_reasoning():
     assert parse_verdict(text) == (1.0, 7.0)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Assistant 1: 8/10, Assistant 2: 9/10\nBoth answer the question.",
+        "**Assistant 1:** 8 **Assistant 2:** 9\nBoth answer the question.",
+        "Scores (Assistant 1: 8; Assistant 2: 9)\nBoth answer the question.",
+    ],
+)
+def test_both_assistant_scores_on_one_line_parse(text):
+    assert parse_verdict(text) == (8.0, 9.0)
+
+
 def test_the_last_scores_block_wins_over_earlier_mentions():
     text = (
         "Reasoning.\nAssistant 1: 3\nAssistant 2: 4\nOn reflection:\nAssistant 1: 5\nAssistant 2: 6"

@@ -3,8 +3,9 @@
 The judge is asked for two 1-10 scores on the first line. Rules, in order:
 1. the first line holds exactly two scores: `8 9`, `8, 9`, `8/10 9/10` (markdown emphasis and
    a `Scores:` label are ignored);
-2. else the last `Assistant 1: X` line and the last `Assistant 2: Y` line (a scores block,
-   as judges write when they reason first: `Scores:` / `Assistant 1: 10` / `Assistant 2: 4`);
+2. else the last `Assistant 1: X` and the last `Assistant 2: Y` (a scores block, as judges
+   write when they reason first: `Scores:` / `Assistant 1: 10` / `Assistant 2: 4`; or both on
+   one line: `Assistant 1: 8/10, Assistant 2: 9/10`);
 3. else unparsed.
 A score outside 0-10 is no score.
 """
@@ -15,7 +16,9 @@ import re
 
 _SCORE = r"(\d+(?:\.\d+)?)(?:\s*/\s*10)?"
 _FIRST_LINE = re.compile(rf"^(?:scores?\s*:\s*)?{_SCORE}\s*(?:[,;]\s*|\s+){_SCORE}$", re.I)
-_ASSISTANT = re.compile(rf"^[ \t*#-]*assistant[ \t]*([12])[ \t*]*:[ \t*]*{_SCORE}\b", re.I | re.M)
+_ASSISTANT = re.compile(
+    rf"(?:^|[\s,;(])[*#-]*assistant[ \t]*([12])[ \t*]*:[ \t*]*{_SCORE}\b", re.I | re.M
+)
 
 
 def parse_verdict(text: str) -> tuple[float, float] | None:
