@@ -317,3 +317,21 @@ def test_compat_llava_divides_the_means_rounded_to_three_decimals_as_llava_does(
     ours = summarize(reviews, JudgeSettings("m", 0.2, 64, False, None), [])
     llava = summarize(reviews, JudgeSettings("m", 0.2, 64, False, "llava"), [])
     assert (ours["all"]["relative"], llava["all"]["relative"]) == (56.2, 56.3)
+
+
+def test_an_in_the_wild_context_with_one_caption_and_no_boxes_is_read(tmp_path):
+    from instructgen.eval.records import read_contexts
+
+    path = tmp_path / "context.jsonl"
+    path.write_text(json.dumps({"id": "001", "image": "001.jpg", "caption": "A ramen bowl."}))
+    context = read_contexts(path)["001.jpg"]
+    assert (context.captions, context.boxes) == (("A ramen bowl.",), ())
+
+
+def test_a_context_without_any_caption_is_named_by_its_line(tmp_path):
+    from instructgen.eval.records import read_contexts
+
+    path = tmp_path / "context.jsonl"
+    path.write_text(json.dumps({"image": "001.jpg", "instances": []}))
+    with pytest.raises(InputError, match=r"context.jsonl:1: not an image context"):
+        read_contexts(path)

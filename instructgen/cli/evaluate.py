@@ -228,7 +228,8 @@ def judge(
         ...,
         "--contexts",
         help="What the judge is told about each image: LLaVA's caps_boxes file (image, "
-        "captions, instances) or a contexts.jsonl of `coco`.",
+        "captions, instances), LLaVA-Bench In-the-Wild's context.jsonl (image, caption) or a "
+        "contexts.jsonl of `coco`.",
     ),
     reference: Path = typer.Option(
         ..., "--reference", help="Reference answers (answer format), shown as Assistant 1."

@@ -4,7 +4,8 @@
 - answers: `{question_id, prompt, text, answer_id, model_id, metadata}` per line (LLaVA's
   reference answer files carry only `question_id, text, category`: they are read as well);
 - contexts of the judge: LLaVA's `caps_boxes` lines (`image, captions, instances: [{category,
-  bbox}]`) or our contexts.jsonl (`file_name, captions, boxes`).
+  bbox}]`), LLaVA-Bench (In-the-Wild)'s `context.jsonl` (`image, caption`: one caption, no
+  boxes) or our contexts.jsonl (`file_name, captions, boxes`).
 """
 
 from __future__ import annotations
@@ -137,17 +138,21 @@ def read_contexts(path: Path) -> dict[str, JudgeContext]:
         where = f"{path}:{lineno}"
         image = obj.get("image") or obj.get("file_name")
         boxes = obj.get("instances") if "instances" in obj else obj.get("boxes", [])
+        captions = obj.get("captions")
+        if captions is None and isinstance(obj.get("caption"), str):
+            captions = [obj["caption"]]  # LLaVA-Bench (In-the-Wild): one detailed caption
         try:
             context = JudgeContext(
                 image=str(image),
-                captions=tuple(str(c) for c in obj["captions"]),
+                captions=tuple(str(c) for c in captions),
                 boxes=tuple(
                     (str(b["category"]), tuple(float(v) for v in b["bbox"])) for b in boxes or ()
                 ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(
-                f"{where}: not an image context (need image or file_name, captions, and "
+                f"{where}: not an image context (need image or file_name, captions (or one "
+                "caption), and "
                 f"instances or boxes with category and bbox; {type(e).__name__}: {e})"
             ) from None
         if not image:
