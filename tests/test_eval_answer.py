@@ -294,3 +294,14 @@ def test_a_question_without_a_response_line_counts_as_failed_not_answered(tmp_pa
     stats = answer_with_endpoint(questions, None, out, "m", 0.0, 16, send)
     assert (stats.answered_now, stats.failed) == (1, 2)
     assert [a["question_id"] for a in read_lines(out)] == [1]
+
+
+def test_an_output_holding_answers_without_model_id_names_them_so(shared_data, tmp_path):
+    from instructgen.eval.answer import AnswerFile
+    from instructgen.eval.records import read_questions
+
+    out = tmp_path / "answers.jsonl"
+    shutil.copy(shared_data / "llava" / "qa90_gpt4_answer.jsonl", out)  # LLaVA's: no model_id
+    items = read_questions(shared_data / "llava" / "qa90_questions.jsonl")
+    with pytest.raises(InputError, match=r"holds answers of \(no model_id\), not tiny"):
+        AnswerFile(out, items, "tiny")

@@ -63,7 +63,8 @@ class AnswerFile:
         others = {a.model_id for a in self.answers.values()} - {model_id}
         if others:
             raise InputError(
-                f"{self.path}: holds answers of {', '.join(sorted(others))}, not {model_id}; "
+                f"{self.path}: holds answers of "
+                f"{', '.join(sorted(o or '(no model_id)' for o in others))}, not {model_id}; "
                 "write to another -o (or delete the file) to answer with this model"
             )
         known = {q.question_id for q in questions}
