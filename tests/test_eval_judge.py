@@ -225,6 +225,21 @@ def test_questions_missing_an_answer_are_listed_and_the_complete_pairs_judged(
     assert len(read_lines(out / "reviews.jsonl")) == 88
 
 
+def test_a_dry_run_also_names_the_questions_missing_an_answer_and_exits_1(
+    tmp_path, qa90, candidate, server
+):
+    lines = candidate.read_text().splitlines()
+    candidate.write_text("\n".join(lines[1:]) + "\n")  # no answer to question 0
+    running = server(scripted())
+    result = judge(qa90, candidate, tmp_path / "out", running, "--dry-run")
+    assert result.exit_code == 1
+    assert "dry run: 89 of 89 requests to send" in result.output
+    assert "1 question(s) were not judged, an answer is missing (question ids 0)" in str(
+        result.exception
+    )
+    assert running.stats()["attempts"] == {}
+
+
 def test_a_failed_judge_request_is_counted_as_failed_and_unparsed_and_exits_1(
     tmp_path, qa90, candidate, server
 ):
