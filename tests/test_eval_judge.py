@@ -350,3 +350,27 @@ def test_a_context_without_any_caption_is_named_by_its_line(tmp_path):
     path.write_text(json.dumps({"image": "001.jpg", "instances": []}))
     with pytest.raises(InputError, match=r"context.jsonl:1: not an image context"):
         read_contexts(path)
+
+
+def test_a_question_without_category_is_other_and_the_overall_score_stays_overall(tmp_path):
+    from instructgen.eval.judge import JudgeSettings, Review, summarize
+    from instructgen.eval.records import read_questions
+
+    path = tmp_path / "questions.jsonl"
+    lines = [{"question_id": 0, "image": "a.jpg", "text": "Q?", "category": "conv"}]
+    lines += [{"question_id": 1, "image": "b.jpg", "text": "Q?"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    items = read_questions(path)
+    assert [q.category for q in items] == ["conv", "other"]
+    reviews = [Review(0, "conv", (8.0, 4.0), ""), Review(1, "other", (8.0, 8.0), "")]
+    summary = summarize(reviews, JudgeSettings("m", 0.2, 64, False, None), [])
+    assert (summary["all"]["n"], summary["all"]["relative"]) == (2, 75.0)
+
+
+def test_a_category_named_like_a_summary_key_is_refused(tmp_path):
+    from instructgen.eval.records import read_questions
+
+    path = tmp_path / "questions.jsonl"
+    path.write_text(json.dumps({"question_id": 7, "text": "Q?", "category": "all"}) + "\n")
+    with pytest.raises(InputError, match=r"questions.jsonl:1: question 7: category 'all'"):
+        read_questions(path)

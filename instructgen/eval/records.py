@@ -19,6 +19,10 @@ from pathlib import Path
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl
 
+UNCATEGORIZED = "other"  # the category of a question whose line names none
+# summary.json's own keys beside the categories': a category may not take one
+RESERVED_CATEGORIES = ("all", "judge", "missing_question_ids")
+
 
 @dataclass(frozen=True, slots=True)
 class Question:
@@ -75,8 +79,9 @@ def _question_id(obj: dict, where: str) -> int | str:
 
 
 def read_questions(path: Path) -> list[Question]:
-    """Read a questions file; a line without id or text, an image that is not a file name, or a
-    repeated id, is an error. A line without `image` is a text-only question."""
+    """Read a questions file; a line without id or text, an image that is not a file name, a
+    repeated id, or a category named like a key of summary.json, is an error. A line without
+    `image` is a text-only question; one without `category` is in category `other`."""
     questions: list[Question] = []
     seen: dict[int | str, int] = {}
     for lineno, obj in iter_jsonl(path):
@@ -90,7 +95,13 @@ def read_questions(path: Path) -> list[Question]:
             raise InputError(f"{where}: question {qid!r}: image must be a file name or absent")
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}: question {qid!r} has no text")
-        questions.append(Question(qid, image, text, str(obj.get("category") or "all")))
+        category = str(obj.get("category") or UNCATEGORIZED)
+        if category in RESERVED_CATEGORIES:
+            raise InputError(
+                f"{where}: question {qid!r}: category {category!r} is a key of the judge's "
+                f"summary.json ({', '.join(RESERVED_CATEGORIES)}); rename the category"
+            )
+        questions.append(Question(qid, image, text, category))
     if not questions:
         raise InputError(f"{path}: no questions")
     return questions
