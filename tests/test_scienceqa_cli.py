@@ -168,7 +168,9 @@ def test_an_unknown_split_names_the_splits_there_are(official, tmp_path):
 def test_validation_names_the_val_split_of_the_official_layout(official, tmp_path):
     result = invoke("questions", *official, "--split", "validation", "-o", tmp_path / "q.jsonl")
     assert result.exit_code == 0, result.output
-    assert [json.loads(line)["question_id"] for line in open(tmp_path / "q.jsonl")] == ["6"]
+    assert [
+        json.loads(line)["question_id"] for line in (tmp_path / "q.jsonl").read_text().splitlines()
+    ] == ["6"]
 
 
 def test_a_split_with_none_of_its_pids_in_the_problems_is_an_error(test_data, tmp_path):
