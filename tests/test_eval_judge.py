@@ -146,6 +146,7 @@ def test_relative_scores_per_category_and_overall_count_only_parsed_verdicts(jud
         "category": "conv",
         "scores": [8.0, 6.0],
         "text": VERDICT["conv"],
+        "tuple": [8.0, 6.0],
     }
     assert reviews[UNPARSED_QID]["scores"] is None
     assert reviews[UNPARSED_QID]["text"] == "No scores here, sorry."
@@ -165,6 +166,20 @@ def test_compat_llava_counts_an_unparsed_verdict_as_minus_one_twice(judged, qa90
     assert summary["all"]["relative"] == round(100 * (565 - 1) / (770 - 1), 1)  # 73.3
     assert summary["complex"]["unparsed"] == 1
     assert summary["judge"]["compat"] == "llava"
+
+
+def test_reviews_carry_llavas_tuple_so_its_summary_arithmetic_reads_them(judged):
+    out, _, _ = judged
+    tuples: dict[str, list] = {}
+    for review in read_lines(out / "reviews.jsonl"):  # as LLaVA's summary script reads them
+        tuples.setdefault(review["category"], []).append(review["tuple"])
+        tuples.setdefault("all", []).append(review["tuple"])
+    means = {
+        k: [round(sum(x) / len(v), 3) for x in zip(*v, strict=True)] for k, v in tuples.items()
+    }
+    assert tuples["complex"][UNPARSED_QID // 3] == [-1, -1]
+    assert round(100 * means["complex"][1] / means["complex"][0], 1) == 49.8
+    assert round(100 * means["all"][1] / means["all"][0], 1) == 73.3
 
 
 def test_swap_averages_both_orders_and_reports_the_first_position_gain(

@@ -215,13 +215,15 @@ def make_reviews(
 
 
 def review_line(review: Review, swap: bool) -> dict:
-    """One reviews.jsonl line."""
+    """One reviews.jsonl line; `tuple` and `category` are what LLaVA's summary script reads."""
     line = {
         "question_id": review.question_id,
         "category": review.category,
         "scores": list(review.pair(swap)) if review.pair(swap) else None,
     }
     line["text"] = review.text
+    # LLaVA's review field, for its summary script: the pair, (-1, -1) where none parsed
+    line["tuple"] = list(review.pair(swap) or UNPARSED_IN_LLAVA)
     if swap:
         line |= {
             "order_scores": list(review.scores) if review.scores else None,
