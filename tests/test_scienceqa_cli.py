@@ -247,6 +247,17 @@ def test_score_writes_result_json_and_prints_the_published_row(official, tmp_pat
     assert "unparsed (no_match 1): 23" in result.output
 
 
+def test_result_json_keeps_the_outputs_and_scores_again_as_answers(official, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question_id": "4", "text": "B"}) + "\n")
+    first, again = tmp_path / "result.json", tmp_path / "again.json"
+    invoke("score", *official, "--split", "test", "--answers", answers, "-o", first)
+    assert json.loads(first.read_text())["outputs"] == {"4": "B"}
+    result = invoke("score", *official, "--split", "test", "--answers", first, "-o", again)
+    assert result.exit_code == 0, result.output
+    assert json.loads(again.read_text())["results"] == json.loads(first.read_text())["results"]
+
+
 def test_llava_result_json_is_read_from_its_outputs(tmp_path):
     path = tmp_path / "result.json"
     path.write_text(json.dumps({"acc": 50.0, "results": {"4": 1}, "outputs": {"4": "B", 5: "A"}}))
