@@ -157,12 +157,13 @@ def _split_named(name: str) -> str | None:
 
 
 def parquet_files(paths: list[Path], split: str) -> list[Path]:
-    """The parquet files of `split`: files as given; in a folder, those named `{split}-*`."""
+    """The parquet files of `split`: files as given; in a folder (the dataset's own folder, or
+    its `data/`), those named `{split}-*`."""
     split = canonical_split(split)
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(f for f in path.glob("*.parquet") if _split_named(f.name) == split)
+            found = sorted(f for f in path.rglob("*.parquet") if _split_named(f.name) == split)
             if not found:
                 raise InputError(
                     f"{path}: no parquet file of split {split} "

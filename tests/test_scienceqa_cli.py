@@ -308,6 +308,14 @@ def test_parquet_rows_become_split_row_ids_and_images_are_written(tmp_path, prob
     assert "0 written, 3 already there" in again.output
 
 
+def test_the_dataset_folder_above_data_is_read_too(tmp_path, problems):
+    (tmp_path / "ScienceQA" / "data").mkdir(parents=True)
+    hf_parquet(tmp_path / "ScienceQA" / "data" / "test-00000-of-00001-5e5c.parquet",
+               hf_rows(problems, TEST))  # fmt: skip
+    read = read_parquet([tmp_path / "ScienceQA"], "test", None)
+    assert [p.pid for p in read.problems] == [f"test-{i}" for i in range(len(TEST))]
+
+
 def test_parquet_image_suffix_follows_the_bytes(tmp_path, problems):
     rows = hf_rows(problems, ["1"])
     rows[0]["image_bytes"] = {"bytes": png(fmt="JPEG"), "path": "image.jpg"}
