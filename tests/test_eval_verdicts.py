@@ -18,8 +18,10 @@ REAL_EXCEPTIONS = {
 
 
 @pytest.mark.parametrize(
-    "first_line", ["8 9", "8, 9", "8/10 9/10", "8/10, 9/10", "**8 9**", "Scores: 8 9", " 8  9 "]
-)
+    "first_line",
+    ["8 9", "8, 9", "8/10 9/10", "8/10, 9/10", "**8 9**", "Scores: 8 9", " 8  9 ", "8 9.",
+     "**8** **9**", "**Scores:** 8/10, 9/10", "8 and 9", "(8, 9)", "[8, 9]", "8 | 9"],
+)  # fmt: skip
 def test_two_scores_on_the_first_line_parse_in_every_written_form(first_line):
     assert parse_verdict(f"{first_line}\nAssistant 2 is more precise.") == (8.0, 9.0)
 
