@@ -258,6 +258,15 @@ def test_a_folder_that_is_not_a_llava_model_is_refused(qa90, towers, tmp_path):
     assert not (tmp_path / "a.jsonl").exists()
 
 
+def test_a_model_name_without_base_url_says_to_add_one(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Why is the sky blue?"}) + "\n")
+    result = answer("--questions", questions, "-o", tmp_path / "a.jsonl", "--model", "gpt-4o")
+    assert isinstance(result.exception, InputError)
+    assert "gpt-4o: no such checkpoint folder" in str(result.exception)
+    assert "add --base-url URL" in str(result.exception)
+
+
 def test_a_question_the_endpoint_refuses_is_reported_and_asked_again_on_rerun(
     qa90, tmp_path, server
 ):
