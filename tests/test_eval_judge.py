@@ -389,3 +389,33 @@ def test_a_category_named_like_a_summary_key_is_refused(tmp_path):
     path.write_text(json.dumps({"question_id": 7, "text": "Q?", "category": "all"}) + "\n")
     with pytest.raises(InputError, match=r"questions.jsonl:1: question 7: category 'all'"):
         read_questions(path)
+
+
+def test_verdicts_read_every_shape_of_response_line_without_a_traceback(tmp_path):
+    from instructgen.eval.judge import read_verdicts
+
+    ok = {"status_code": 200, "body": {"choices": [{"message": {"content": "8 9\nGood."}}]}}
+    lines = [
+        {"custom_id": "judge-1", "response": ok},
+        {"custom_id": "judge-2", "response": None, "error": "connection reset"},
+        {
+            "custom_id": "judge-3",
+            "response": {"status_code": 500, "body": {"error": {"message": "overloaded"}}},
+        },  # fmt: skip
+        {"custom_id": "judge-4", "response": {"status_code": 200, "body": {"choices": [None]}}},
+        {
+            "custom_id": "judge-5",
+            "response": {
+                "status_code": 200,
+                "body": {"choices": [{"message": {"content": None, "refusal": "I can't help."}}]},
+            },
+        },  # fmt: skip
+    ]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    verdicts = read_verdicts(path)
+    assert verdicts["judge-1"] == ("8 9\nGood.", None)
+    assert verdicts["judge-2"] == (None, "request failed: connection reset")
+    assert verdicts["judge-3"] == (None, "HTTP 500: overloaded")
+    assert verdicts["judge-4"] == (None, "the response body has no choices")
+    assert verdicts["judge-5"] == (None, "the model refused: I can't help.")

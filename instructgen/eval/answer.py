@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from instructgen.errors import InputError
-from instructgen.eval.records import Answer, Question, answer_id, read_answers
+from instructgen.eval.records import Answer, Question, answer_id, read_answers, response_text
 from instructgen.files import iter_jsonl, write_jsonl
 
 PARTIAL_SUFFIX = ".partial"
@@ -197,12 +197,12 @@ def answers_from_responses(
         question = by_id.get(line.get("custom_id"))
         if question is None or question.question_id in answered:
             continue
-        body = (line.get("response") or {}).get("body") or {}
-        choice = (body.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content")
-        if line.get("error") or not isinstance(text, str):
+        text, _ = response_text(line)
+        if text is None:
             continue
-        usage = body.get("usage") or {}
+        body = line["response"]["body"]  # a reply with text has a body with choices
+        choice = body["choices"][0]
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         tokens += int(usage.get("completion_tokens") or 0)
         text = text.strip()
         metadata = {

@@ -16,7 +16,7 @@ import jinja2
 import pandas as pd
 
 from instructgen.errors import InputError
-from instructgen.eval.records import Answer, JudgeContext, Question, image_key
+from instructgen.eval.records import Answer, JudgeContext, Question, image_key, response_text
 from instructgen.eval.verdicts import parse_verdict
 from instructgen.files import iter_jsonl, write_json, write_jsonl
 from instructgen.prompts import DEFAULT_PROMPTS, render_template
@@ -179,18 +179,7 @@ def check_same_requests(lines: list[dict], previous: Path) -> None:
 
 def read_verdicts(responses: Path) -> dict[str, tuple[str | None, str | None]]:
     """custom_id -> (verdict text, error) from a responses.jsonl (Batch API output format)."""
-    verdicts = {}
-    for _, line in iter_jsonl(responses):
-        body = (line.get("response") or {}).get("body") or {}
-        choice = (body.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content")
-        error = line.get("error")
-        if error or not isinstance(text, str):
-            message = (error or {}).get("message") or "no verdict text in the response"
-            verdicts[line.get("custom_id")] = (None, str(message))
-        else:
-            verdicts[line.get("custom_id")] = (text, None)
-    return verdicts
+    return {line.get("custom_id"): response_text(line) for _, line in iter_jsonl(responses)}
 
 
 def make_reviews(

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instructgen.build import extract_text
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl
 
@@ -128,6 +129,18 @@ def read_answers(path: Path) -> dict[int | str, Answer]:
             metadata=obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {},
         )
     return answers
+
+
+def response_text(line: dict) -> tuple[str | None, str | None]:
+    """(the assistant's text, None) of one Batch API output line, or (None, why there is none):
+    a failed request (its error or HTTP status) or a refusal. A reply cut at max_tokens keeps
+    its text."""
+    got = extract_text(line)
+    if got.rejection is None or got.rejection.reason not in ("failed_request", "refusal"):
+        return got.text, None
+    if got.rejection.reason == "refusal":
+        return None, f"{got.rejection.detail}: {got.text}"
+    return None, got.rejection.detail
 
 
 def check_known(answers: Iterable[int | str], questions: list[Question], path: Path) -> None:
