@@ -86,6 +86,17 @@ def test_endpoint_answers_carry_the_image_and_are_written_in_llava_answer_format
     assert not (tmp_path / "answers.jsonl.partial").exists()
 
 
+def test_coco_val2014_file_names_are_found_for_llavas_short_image_names(qa90, tmp_path, server):
+    questions, images = qa90
+    for photo in list(images.iterdir()):  # as COCO's val2014 folder names them
+        photo.rename(images / f"COCO_val2014_{photo.name}")
+    out = tmp_path / "answers.jsonl"
+    result = endpoint(qa90, out, server)
+    assert result.exit_code == 0, result.output
+    photo = (images / "COCO_val2014_000000441147.jpg").read_bytes()
+    assert f"{len(photo)} bytes" in read_lines(out)[0]["text"]
+
+
 def test_text_only_questions_are_sent_without_an_image_and_need_no_image_folder(tmp_path, server):
     questions = tmp_path / "questions.jsonl"
     lines = [

@@ -17,7 +17,7 @@ import mimetypes
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from instructgen.errors import InputError
@@ -107,11 +107,14 @@ def _read_partial(path: Path) -> dict[int | str, Answer]:
     return answers
 
 
-def check_images(questions: list[Question], images: Path | None) -> None:
-    """Every question's image must exist before any model or endpoint is asked."""
+def check_images(questions: list[Question], images: Path | None) -> list[Question]:
+    """Every question's image must exist before any model or endpoint is asked; returns the
+    questions with each image named as found. A name missing as given is looked for under
+    COCO's own file name (`000000441147.jpg` in LLaVA's question files is
+    `COCO_val2014_000000441147.jpg` in COCO's val2014 folder)."""
     pictured = [q for q in questions if q.image is not None]
     if not pictured:
-        return
+        return questions
     if images is None:
         q = pictured[0]
         raise InputError(
@@ -120,13 +123,27 @@ def check_images(questions: list[Question], images: Path | None) -> None:
         )
     if not Path(images).is_dir():
         raise InputError(f"{images}: no such image folder (pass the folder with --images)")
-    missing = [q for q in pictured if not (Path(images) / q.image).is_file()]
+    coco_names: dict[str, str] | None = None  # `000000441147.jpg` -> `COCO_val2014_...`
+    located, missing = [], []
+    for q in questions:
+        if q.image is None or (Path(images) / q.image).is_file():
+            located.append(q)
+            continue
+        if coco_names is None:
+            coco_names = {
+                f.name.split("_")[-1]: f.name for f in Path(images).glob("COCO_*_*") if f.is_file()
+            }
+        found = coco_names.get(q.image)
+        if found is None:
+            missing.append(q)
+        located.append(replace(q, image=found))
     if missing:
         q = missing[0]
         raise InputError(
             f"{len(missing)} image(s) not found in {images}, first {q.image} (question "
             f"{q.question_id!r}); fix --images or remove those questions"
         )
+    return located
 
 
 # --- the endpoint backend: one chat request per question, through the batch client ---
@@ -254,7 +271,7 @@ def answer_with_endpoint(
     todo = answers.todo()
     failed = tokens = 0
     if todo:
-        check_images(todo, images)
+        todo = check_images(todo, images)
         requests, responses, _ = endpoint_files(output)
         write_vision_requests(requests, todo, images, model, temperature, max_tokens)
         if not send(requests, responses):

@@ -144,8 +144,7 @@ def answer_with_checkpoint(
     """Answer the unanswered questions in batches of `batch_size`; each batch is kept on disk
     as soon as it is generated. `on_batch(answers, tokens)` reports progress."""
     model_id = answers.model_id
-    todo = answers.todo()
-    check_images(todo, images)
+    todo = check_images(answers.todo(), images)
     started = time.monotonic()
     tokens = 0
     for start in range(0, len(todo), batch_size):
