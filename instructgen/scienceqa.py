@@ -210,6 +210,7 @@ class Score:
     ignored: int  # answers whose pid is not among the split's problems
     breakdown: dict[str, float | None]  # group -> percent, 2 decimals; None for an empty group
     group_sizes: dict[str, int]
+    outputs: dict[str, str]  # pid -> the answer text scored, as LLaVA's result files keep it
 
     @property
     def acc(self) -> float:
@@ -217,7 +218,8 @@ class Score:
         return 100.0 * self.correct / self.count if self.count else 0.0
 
     def to_json(self) -> dict:
-        """result.json: acc, correct, count, unparsed, missing, results, breakdown (+ details)."""
+        """result.json: acc, correct, count, unparsed, missing, results, breakdown (+ details,
+        and `outputs` as in LLaVA's result files, so that the file scores again as answers)."""
         return {
             "acc": self.acc,
             "correct": self.correct,
@@ -229,6 +231,7 @@ class Score:
             "unparsed_reasons": self.unparsed,
             "group_sizes": self.group_sizes,
             "ignored_answers": self.ignored,
+            "outputs": self.outputs,
         }
 
 
@@ -259,6 +262,7 @@ def score_answers(problems: list[Problem], answers: Mapping[str, str]) -> Score:
         ignored=sum(1 for pid in answers if pid not in pids),
         breakdown=breakdown,
         group_sizes=sizes,
+        outputs={p.pid: answers[p.pid] for p in problems if p.pid in answers},
     )
 
 

@@ -101,6 +101,8 @@ def read_official(problems_path: Path, pid_splits_path: Path, split: str) -> Spl
     splits = read_json(pid_splits_path)
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
         raise InputError(f"{pid_splits_path}: expected {{split: [pid, ...]}}")
+    if split not in splits and canonical_split(split) in splits:
+        split = canonical_split(split)  # `validation`, as Hugging Face names it, is `val`
     if split not in splits:
         raise InputError(
             f"{pid_splits_path}: no split {split!r}; it has {', '.join(sorted(splits))}"
@@ -155,12 +157,13 @@ def _split_named(name: str) -> str | None:
 
 
 def parquet_files(paths: list[Path], split: str) -> list[Path]:
-    """The parquet files of `split`: files as given; in a folder, those named `{split}-*`."""
+    """The parquet files of `split`: files as given; in a folder (the dataset's own folder, or
+    its `data/`), those named `{split}-*`."""
     split = canonical_split(split)
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(f for f in path.glob("*.parquet") if _split_named(f.name) == split)
+            found = sorted(f for f in path.rglob("*.parquet") if _split_named(f.name) == split)
             if not found:
                 raise InputError(
                     f"{path}: no parquet file of split {split} "

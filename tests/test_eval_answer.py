@@ -86,6 +86,17 @@ def test_endpoint_answers_carry_the_image_and_are_written_in_llava_answer_format
     assert not (tmp_path / "answers.jsonl.partial").exists()
 
 
+def test_coco_val2014_file_names_are_found_for_llavas_short_image_names(qa90, tmp_path, server):
+    questions, images = qa90
+    for photo in list(images.iterdir()):  # as COCO's val2014 folder names them
+        photo.rename(images / f"COCO_val2014_{photo.name}")
+    out = tmp_path / "answers.jsonl"
+    result = endpoint(qa90, out, server)
+    assert result.exit_code == 0, result.output
+    photo = (images / "COCO_val2014_000000441147.jpg").read_bytes()
+    assert f"{len(photo)} bytes" in read_lines(out)[0]["text"]
+
+
 def test_text_only_questions_are_sent_without_an_image_and_need_no_image_folder(tmp_path, server):
     questions = tmp_path / "questions.jsonl"
     lines = [
@@ -258,6 +269,15 @@ def test_a_folder_that_is_not_a_llava_model_is_refused(qa90, towers, tmp_path):
     assert not (tmp_path / "a.jsonl").exists()
 
 
+def test_a_model_name_without_base_url_says_to_add_one(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Why is the sky blue?"}) + "\n")
+    result = answer("--questions", questions, "-o", tmp_path / "a.jsonl", "--model", "gpt-4o")
+    assert isinstance(result.exception, InputError)
+    assert "gpt-4o: no such checkpoint folder" in str(result.exception)
+    assert "add --base-url URL" in str(result.exception)
+
+
 def test_a_question_the_endpoint_refuses_is_reported_and_asked_again_on_rerun(
     qa90, tmp_path, server
 ):
@@ -276,3 +296,32 @@ def test_a_question_the_endpoint_refuses_is_reported_and_asked_again_on_rerun(
     result = endpoint(qa90, out, server)
     assert result.exit_code == 0, result.output
     assert [a["question_id"] for a in read_lines(out)] == list(range(N))
+
+
+def test_a_question_without_a_response_line_counts_as_failed_not_answered(tmp_path):
+    from instructgen.eval.answer import answer_with_endpoint
+    from instructgen.eval.records import Question
+
+    questions = [Question(q, None, f"Question {q}?", "conv") for q in range(3)]
+
+    def send(requests, responses):  # a batch that came back with one line only
+        reply = {"choices": [{"message": {"content": "Yes."}, "finish_reason": "stop"}]}
+        line = {"custom_id": "answer-1", "response": {"status_code": 200, "body": reply}}
+        responses.write_text(json.dumps(line) + "\n" + json.dumps(line) + "\n")
+        return True
+
+    out = tmp_path / "answers.jsonl"
+    stats = answer_with_endpoint(questions, None, out, "m", 0.0, 16, send)
+    assert (stats.answered_now, stats.failed) == (1, 2)
+    assert [a["question_id"] for a in read_lines(out)] == [1]
+
+
+def test_an_output_holding_answers_without_model_id_names_them_so(shared_data, tmp_path):
+    from instructgen.eval.answer import AnswerFile
+    from instructgen.eval.records import read_questions
+
+    out = tmp_path / "answers.jsonl"
+    shutil.copy(shared_data / "llava" / "qa90_gpt4_answer.jsonl", out)  # LLaVA's: no model_id
+    items = read_questions(shared_data / "llava" / "qa90_questions.jsonl")
+    with pytest.raises(InputError, match=r"holds answers of \(no model_id\), not tiny"):
+        AnswerFile(out, items, "tiny")

@@ -146,6 +146,7 @@ def test_relative_scores_per_category_and_overall_count_only_parsed_verdicts(jud
         "category": "conv",
         "scores": [8.0, 6.0],
         "text": VERDICT["conv"],
+        "tuple": [8.0, 6.0],
     }
     assert reviews[UNPARSED_QID]["scores"] is None
     assert reviews[UNPARSED_QID]["text"] == "No scores here, sorry."
@@ -165,6 +166,20 @@ def test_compat_llava_counts_an_unparsed_verdict_as_minus_one_twice(judged, qa90
     assert summary["all"]["relative"] == round(100 * (565 - 1) / (770 - 1), 1)  # 73.3
     assert summary["complex"]["unparsed"] == 1
     assert summary["judge"]["compat"] == "llava"
+
+
+def test_reviews_carry_llavas_tuple_so_its_summary_arithmetic_reads_them(judged):
+    out, _, _ = judged
+    tuples: dict[str, list] = {}
+    for review in read_lines(out / "reviews.jsonl"):  # as LLaVA's summary script reads them
+        tuples.setdefault(review["category"], []).append(review["tuple"])
+        tuples.setdefault("all", []).append(review["tuple"])
+    means = {
+        k: [round(sum(x) / len(v), 3) for x in zip(*v, strict=True)] for k, v in tuples.items()
+    }
+    assert tuples["complex"][UNPARSED_QID // 3] == [-1, -1]
+    assert round(100 * means["complex"][1] / means["complex"][0], 1) == 49.8
+    assert round(100 * means["all"][1] / means["all"][0], 1) == 73.3
 
 
 def test_swap_averages_both_orders_and_reports_the_first_position_gain(
@@ -225,6 +240,21 @@ def test_questions_missing_an_answer_are_listed_and_the_complete_pairs_judged(
     assert len(read_lines(out / "reviews.jsonl")) == 88
 
 
+def test_a_dry_run_also_names_the_questions_missing_an_answer_and_exits_1(
+    tmp_path, qa90, candidate, server
+):
+    lines = candidate.read_text().splitlines()
+    candidate.write_text("\n".join(lines[1:]) + "\n")  # no answer to question 0
+    running = server(scripted())
+    result = judge(qa90, candidate, tmp_path / "out", running, "--dry-run")
+    assert result.exit_code == 1
+    assert "dry run: 89 of 89 requests to send" in result.output
+    assert "1 question(s) were not judged, an answer is missing (question ids 0)" in str(
+        result.exception
+    )
+    assert running.stats()["attempts"] == {}
+
+
 def test_a_failed_judge_request_is_counted_as_failed_and_unparsed_and_exits_1(
     tmp_path, qa90, candidate, server
 ):
@@ -282,3 +312,110 @@ def test_our_contexts_file_and_coco_file_names_match_llava_questions(tmp_path, q
     answer = Answer(0, "", "Brown.", "a", "m")
     pairs, missing = match_pairs([question], read_contexts(ours), {0: answer}, {0: answer}, ours)
     assert pairs[0].context.captions == ("Two suitcases.",) and missing == []
+
+
+def test_an_image_name_without_a_number_matches_only_a_context_of_that_name(tmp_path):
+    from instructgen.eval.judge import match_pairs
+    from instructgen.eval.records import Answer, Question, read_contexts
+
+    contexts = tmp_path / "contexts.jsonl"
+    contexts.write_text(json.dumps({"image": "cat.jpg", "captions": ["A cat."], "instances": []}))
+    question = Question(0, "bird.jpg", "What bird?", "conv")
+    answer = Answer(0, "", "A robin.", "a", "m")
+    with pytest.raises(InputError, match="no context for image bird.jpg"):
+        match_pairs([question], read_contexts(contexts), {0: answer}, {0: answer}, contexts)
+
+
+def test_a_text_only_question_is_refused_in_one_line(tmp_path, qa90):
+    from instructgen.eval.judge import match_pairs
+    from instructgen.eval.records import Answer, Question, read_contexts
+
+    contexts = qa90 / "caps_boxes_coco2014_val_80.jsonl"
+    question = Question("sqa-4", None, "Which is a mammal?", "scienceqa")
+    answer = Answer("sqa-4", "", "B", "a", "m")
+    with pytest.raises(InputError, match="question 'sqa-4' has no image"):
+        match_pairs(
+            [question], read_contexts(contexts), {"sqa-4": answer}, {"sqa-4": answer}, contexts
+        )
+
+
+def test_compat_llava_divides_the_means_rounded_to_three_decimals_as_llava_does():
+    from instructgen.eval.judge import JudgeSettings, Review, summarize
+
+    # reference 5, 5, 6 (mean 5.3333), candidate 3, 3, 3: 56.25 exactly, 56.2535 from 5.333
+    reviews = [Review(q, "conv", (r, 3.0), "") for q, r in enumerate((5.0, 5.0, 6.0))]
+    ours = summarize(reviews, JudgeSettings("m", 0.2, 64, False, None), [])
+    llava = summarize(reviews, JudgeSettings("m", 0.2, 64, False, "llava"), [])
+    assert (ours["all"]["relative"], llava["all"]["relative"]) == (56.2, 56.3)
+
+
+def test_an_in_the_wild_context_with_one_caption_and_no_boxes_is_read(tmp_path):
+    from instructgen.eval.records import read_contexts
+
+    path = tmp_path / "context.jsonl"
+    path.write_text(json.dumps({"id": "001", "image": "001.jpg", "caption": "A ramen bowl."}))
+    context = read_contexts(path)["001.jpg"]
+    assert (context.captions, context.boxes) == (("A ramen bowl.",), ())
+
+
+def test_a_context_without_any_caption_is_named_by_its_line(tmp_path):
+    from instructgen.eval.records import read_contexts
+
+    path = tmp_path / "context.jsonl"
+    path.write_text(json.dumps({"image": "001.jpg", "instances": []}))
+    with pytest.raises(InputError, match=r"context.jsonl:1: not an image context"):
+        read_contexts(path)
+
+
+def test_a_question_without_category_is_other_and_the_overall_score_stays_overall(tmp_path):
+    from instructgen.eval.judge import JudgeSettings, Review, summarize
+    from instructgen.eval.records import read_questions
+
+    path = tmp_path / "questions.jsonl"
+    lines = [{"question_id": 0, "image": "a.jpg", "text": "Q?", "category": "conv"}]
+    lines += [{"question_id": 1, "image": "b.jpg", "text": "Q?"}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    items = read_questions(path)
+    assert [q.category for q in items] == ["conv", "other"]
+    reviews = [Review(0, "conv", (8.0, 4.0), ""), Review(1, "other", (8.0, 8.0), "")]
+    summary = summarize(reviews, JudgeSettings("m", 0.2, 64, False, None), [])
+    assert (summary["all"]["n"], summary["all"]["relative"]) == (2, 75.0)
+
+
+def test_a_category_named_like_a_summary_key_is_refused(tmp_path):
+    from instructgen.eval.records import read_questions
+
+    path = tmp_path / "questions.jsonl"
+    path.write_text(json.dumps({"question_id": 7, "text": "Q?", "category": "all"}) + "\n")
+    with pytest.raises(InputError, match=r"questions.jsonl:1: question 7: category 'all'"):
+        read_questions(path)
+
+
+def test_verdicts_read_every_shape_of_response_line_without_a_traceback(tmp_path):
+    from instructgen.eval.judge import read_verdicts
+
+    ok = {"status_code": 200, "body": {"choices": [{"message": {"content": "8 9\nGood."}}]}}
+    lines = [
+        {"custom_id": "judge-1", "response": ok},
+        {"custom_id": "judge-2", "response": None, "error": "connection reset"},
+        {
+            "custom_id": "judge-3",
+            "response": {"status_code": 500, "body": {"error": {"message": "overloaded"}}},
+        },  # fmt: skip
+        {"custom_id": "judge-4", "response": {"status_code": 200, "body": {"choices": [None]}}},
+        {
+            "custom_id": "judge-5",
+            "response": {
+                "status_code": 200,
+                "body": {"choices": [{"message": {"content": None, "refusal": "I can't help."}}]},
+            },
+        },  # fmt: skip
+    ]
+    path = tmp_path / "responses.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    verdicts = read_verdicts(path)
+    assert verdicts["judge-1"] == ("8 9\nGood.", None)
+    assert verdicts["judge-2"] == (None, "request failed: connection reset")
+    assert verdicts["judge-3"] == (None, "HTTP 500: overloaded")
+    assert verdicts["judge-4"] == (None, "the response body has no choices")
+    assert verdicts["judge-5"] == (None, "the model refused: I can't help.")

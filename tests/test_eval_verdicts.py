@@ -18,8 +18,10 @@ REAL_EXCEPTIONS = {
 
 
 @pytest.mark.parametrize(
-    "first_line", ["8 9", "8, 9", "8/10 9/10", "8/10, 9/10", "**8 9**", "Scores: 8 9", " 8  9 "]
-)
+    "first_line",
+    ["8 9", "8, 9", "8/10 9/10", "8/10, 9/10", "**8 9**", "Scores: 8 9", " 8  9 ", "8 9.",
+     "**8** **9**", "**Scores:** 8/10, 9/10", "8 and 9", "(8, 9)", "[8, 9]", "8 | 9"],
+)  # fmt: skip
 def test_two_scores_on_the_first_line_parse_in_every_written_form(first_line):
     assert parse_verdict(f"{first_line}\nAssistant 2 is more precise.") == (8.0, 9.0)
 
@@ -34,6 +36,18 @@ def test_a_scores_block_parses_when_the_first_line_is_reasoning():
         "Scores:\nAssistant 1: 1 (wrong answer)\nAssistant 2: 7/10\n\nAssistant 2 did better."
     )
     assert parse_verdict(text) == (1.0, 7.0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Assistant 1: 8/10, Assistant 2: 9/10\nBoth answer the question.",
+        "**Assistant 1:** 8 **Assistant 2:** 9\nBoth answer the question.",
+        "Scores (Assistant 1: 8; Assistant 2: 9)\nBoth answer the question.",
+    ],
+)
+def test_both_assistant_scores_on_one_line_parse(text):
+    assert parse_verdict(text) == (8.0, 9.0)
 
 
 def test_the_last_scores_block_wins_over_earlier_mentions():

@@ -165,6 +165,14 @@ def test_an_unknown_split_names_the_splits_there_are(official, tmp_path):
     assert "no split 'dev'; it has test, train, val" in str(result.exception)
 
 
+def test_validation_names_the_val_split_of_the_official_layout(official, tmp_path):
+    result = invoke("questions", *official, "--split", "validation", "-o", tmp_path / "q.jsonl")
+    assert result.exit_code == 0, result.output
+    assert [
+        json.loads(line)["question_id"] for line in (tmp_path / "q.jsonl").read_text().splitlines()
+    ] == ["6"]
+
+
 def test_a_split_with_none_of_its_pids_in_the_problems_is_an_error(test_data, tmp_path):
     splits = tmp_path / "pid_splits.json"
     splits.write_text(json.dumps({"test": ["1801", "1802"]}))
@@ -239,6 +247,17 @@ def test_score_writes_result_json_and_prints_the_published_row(official, tmp_pat
     assert "unparsed (no_match 1): 23" in result.output
 
 
+def test_result_json_keeps_the_outputs_and_scores_again_as_answers(official, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question_id": "4", "text": "B"}) + "\n")
+    first, again = tmp_path / "result.json", tmp_path / "again.json"
+    invoke("score", *official, "--split", "test", "--answers", answers, "-o", first)
+    assert json.loads(first.read_text())["outputs"] == {"4": "B"}
+    result = invoke("score", *official, "--split", "test", "--answers", first, "-o", again)
+    assert result.exit_code == 0, result.output
+    assert json.loads(again.read_text())["results"] == json.loads(first.read_text())["results"]
+
+
 def test_llava_result_json_is_read_from_its_outputs(tmp_path):
     path = tmp_path / "result.json"
     path.write_text(json.dumps({"acc": 50.0, "results": {"4": 1}, "outputs": {"4": "B", 5: "A"}}))
@@ -287,6 +306,14 @@ def test_parquet_rows_become_split_row_ids_and_images_are_written(tmp_path, prob
     again = invoke("convert", "--parquet", data, "--split", "train", "-o", out,
                    "--images-out", images)  # fmt: skip
     assert "0 written, 3 already there" in again.output
+
+
+def test_the_dataset_folder_above_data_is_read_too(tmp_path, problems):
+    (tmp_path / "ScienceQA" / "data").mkdir(parents=True)
+    hf_parquet(tmp_path / "ScienceQA" / "data" / "test-00000-of-00001-5e5c.parquet",
+               hf_rows(problems, TEST))  # fmt: skip
+    read = read_parquet([tmp_path / "ScienceQA"], "test", None)
+    assert [p.pid for p in read.problems] == [f"test-{i}" for i in range(len(TEST))]
 
 
 def test_parquet_image_suffix_follows_the_bytes(tmp_path, problems):

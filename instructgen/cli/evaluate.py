@@ -228,7 +228,8 @@ def judge(
         ...,
         "--contexts",
         help="What the judge is told about each image: LLaVA's caps_boxes file (image, "
-        "captions, instances) or a contexts.jsonl of `coco`.",
+        "captions, instances), LLaVA-Bench In-the-Wild's context.jsonl (image, caption) or a "
+        "contexts.jsonl of `coco`.",
     ),
     reference: Path = typer.Option(
         ..., "--reference", help="Reference answers (answer format), shown as Assistant 1."
@@ -312,6 +313,8 @@ def judge(
         batch_api, poll_interval, dry_run,
     )  # fmt: skip
     if not send(requests, responses):
+        if missing:
+            raise InstructgenError(_missing_line(missing, len(pairs)))
         return
     reviews = judging.make_reviews(pairs, judging.read_verdicts(responses), swap)
     summary = judging.summarize(reviews, settings, missing)
@@ -340,11 +343,7 @@ def judge(
     )
     problems = []
     if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        problems.append(
-            f"{len(missing)} question(s) were not judged, an answer is missing "
-            f"(question ids {shown}); the scores above cover the {len(pairs)} complete pairs"
-        )
+        problems.append(_missing_line(missing, len(pairs)))
     if summary["all"]["failed"]:
         problems.append(
             f"{summary['all']['failed']} judge request(s) failed (their errors are in "
@@ -352,6 +351,14 @@ def judge(
         )
     if problems:
         raise InstructgenError("; ".join(problems))
+
+
+def _missing_line(missing: list, complete: int) -> str:
+    shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+    return (
+        f"{len(missing)} question(s) were not judged, an answer is missing "
+        f"(question ids {shown}); the judge covers the {complete} complete pairs"
+    )
 
 
 def _percent(relative: float | None) -> str:

@@ -17,11 +17,11 @@ import mimetypes
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from instructgen.errors import InputError
-from instructgen.eval.records import Answer, Question, answer_id, read_answers
+from instructgen.eval.records import Answer, Question, answer_id, read_answers, response_text
 from instructgen.files import iter_jsonl, write_jsonl
 
 PARTIAL_SUFFIX = ".partial"
@@ -63,7 +63,8 @@ class AnswerFile:
         others = {a.model_id for a in self.answers.values()} - {model_id}
         if others:
             raise InputError(
-                f"{self.path}: holds answers of {', '.join(sorted(others))}, not {model_id}; "
+                f"{self.path}: holds answers of "
+                f"{', '.join(sorted(o or '(no model_id)' for o in others))}, not {model_id}; "
                 "write to another -o (or delete the file) to answer with this model"
             )
         known = {q.question_id for q in questions}
@@ -106,11 +107,14 @@ def _read_partial(path: Path) -> dict[int | str, Answer]:
     return answers
 
 
-def check_images(questions: list[Question], images: Path | None) -> None:
-    """Every question's image must exist before any model or endpoint is asked."""
+def check_images(questions: list[Question], images: Path | None) -> list[Question]:
+    """Every question's image must exist before any model or endpoint is asked; returns the
+    questions with each image named as found. A name missing as given is looked for under
+    COCO's own file name (`000000441147.jpg` in LLaVA's question files is
+    `COCO_val2014_000000441147.jpg` in COCO's val2014 folder)."""
     pictured = [q for q in questions if q.image is not None]
     if not pictured:
-        return
+        return questions
     if images is None:
         q = pictured[0]
         raise InputError(
@@ -119,13 +123,27 @@ def check_images(questions: list[Question], images: Path | None) -> None:
         )
     if not Path(images).is_dir():
         raise InputError(f"{images}: no such image folder (pass the folder with --images)")
-    missing = [q for q in pictured if not (Path(images) / q.image).is_file()]
+    coco_names: dict[str, str] | None = None  # `000000441147.jpg` -> `COCO_val2014_...`
+    located, missing = [], []
+    for q in questions:
+        if q.image is None or (Path(images) / q.image).is_file():
+            located.append(q)
+            continue
+        if coco_names is None:
+            coco_names = {
+                f.name.split("_")[-1]: f.name for f in Path(images).glob("COCO_*_*") if f.is_file()
+            }
+        found = coco_names.get(q.image)
+        if found is None:
+            missing.append(q)
+        located.append(replace(q, image=found))
     if missing:
         q = missing[0]
         raise InputError(
             f"{len(missing)} image(s) not found in {images}, first {q.image} (question "
             f"{q.question_id!r}); fix --images or remove those questions"
         )
+    return located
 
 
 # --- the endpoint backend: one chat request per question, through the batch client ---
@@ -184,20 +202,24 @@ def write_vision_requests(
 def answers_from_responses(
     responses: Path, questions: list[Question], model: str, temperature: float, max_tokens: int
 ) -> tuple[list[Answer], int, int]:
-    """Answers from a responses.jsonl of `vision_request`s: (answers, failed, tokens)."""
+    """Answers from a responses.jsonl of `vision_request`s: (answers, failed, tokens).
+
+    A question counts as failed unless a response line answers it: an error line, no line at
+    all, and a reply without text are all failures, asked again on a rerun.
+    """
     by_id = {custom_id(q): q for q in questions}
-    answers, failed, tokens = [], 0, 0
+    answered: dict[int | str, Answer] = {}
+    tokens = 0
     for _, line in iter_jsonl(responses):
         question = by_id.get(line.get("custom_id"))
-        if question is None:
+        if question is None or question.question_id in answered:
             continue
-        body = (line.get("response") or {}).get("body") or {}
-        choice = (body.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content")
-        if line.get("error") or not isinstance(text, str):
-            failed += 1
+        text, _ = response_text(line)
+        if text is None:
             continue
-        usage = body.get("usage") or {}
+        body = line["response"]["body"]  # a reply with text has a body with choices
+        choice = body["choices"][0]
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         tokens += int(usage.get("completion_tokens") or 0)
         text = text.strip()
         metadata = {
@@ -216,8 +238,8 @@ def answers_from_responses(
             model,
             metadata,
         )
-        answers.append(model_answer)
-    return answers, failed, tokens
+        answered[question.question_id] = model_answer
+    return list(answered.values()), len(questions) - len(answered), tokens
 
 
 def endpoint_files(output: Path) -> tuple[Path, Path, Path]:
@@ -249,7 +271,7 @@ def answer_with_endpoint(
     todo = answers.todo()
     failed = tokens = 0
     if todo:
-        check_images(todo, images)
+        todo = check_images(todo, images)
         requests, responses, _ = endpoint_files(output)
         write_vision_requests(requests, todo, images, model, temperature, max_tokens)
         if not send(requests, responses):

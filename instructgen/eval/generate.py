@@ -53,6 +53,11 @@ def load_answerer(
         chosen, pad = template or meta.template, meta.pad_to_square
     else:
         config = directory / "config.json"
+        if not directory.exists():
+            raise InputError(
+                f"{directory}: no such checkpoint folder; for a model an endpoint serves, "
+                "add --base-url URL (e.g. --base-url https://api.openai.com/v1 --model gpt-4o)"
+            )
         if not config.is_file():
             raise InputError(
                 f"{directory}: not a checkpoint (no {META_FILE} or config.json); pass the -o "
@@ -139,8 +144,7 @@ def answer_with_checkpoint(
     """Answer the unanswered questions in batches of `batch_size`; each batch is kept on disk
     as soon as it is generated. `on_batch(answers, tokens)` reports progress."""
     model_id = answers.model_id
-    todo = answers.todo()
-    check_images(todo, images)
+    todo = check_images(answers.todo(), images)
     started = time.monotonic()
     tokens = 0
     for start in range(0, len(todo), batch_size):

@@ -16,7 +16,7 @@ import jinja2
 import pandas as pd
 
 from instructgen.errors import InputError
-from instructgen.eval.records import Answer, JudgeContext, Question, image_key
+from instructgen.eval.records import Answer, JudgeContext, Question, image_key, response_text
 from instructgen.eval.verdicts import parse_verdict
 from instructgen.files import iter_jsonl, write_json, write_jsonl
 from instructgen.prompts import DEFAULT_PROMPTS, render_template
@@ -89,11 +89,17 @@ def match_pairs(
     without it.
     """
     by_id = {image_key(name): c for name, c in contexts.items()}
+    by_id.pop(None, None)  # names without an image number match by their full name only
     pairs, missing = [], []
     for q in questions:
         if q.question_id not in reference or q.question_id not in candidate:
             missing.append(q.question_id)
             continue
+        if q.image is None:
+            raise InputError(
+                f"question {q.question_id!r} has no image: the judge scores answers about an "
+                "image from its captions and boxes; leave text-only questions out of --questions"
+            )
         context = contexts.get(q.image) or by_id.get(image_key(q.image))
         if context is None:
             raise InputError(
@@ -173,18 +179,7 @@ def check_same_requests(lines: list[dict], previous: Path) -> None:
 
 def read_verdicts(responses: Path) -> dict[str, tuple[str | None, str | None]]:
     """custom_id -> (verdict text, error) from a responses.jsonl (Batch API output format)."""
-    verdicts = {}
-    for _, line in iter_jsonl(responses):
-        body = (line.get("response") or {}).get("body") or {}
-        choice = (body.get("choices") or [{}])[0]
-        text = (choice.get("message") or {}).get("content")
-        error = line.get("error")
-        if error or not isinstance(text, str):
-            message = (error or {}).get("message") or "no verdict text in the response"
-            verdicts[line.get("custom_id")] = (None, str(message))
-        else:
-            verdicts[line.get("custom_id")] = (text, None)
-    return verdicts
+    return {line.get("custom_id"): response_text(line) for _, line in iter_jsonl(responses)}
 
 
 def make_reviews(
@@ -209,13 +204,15 @@ def make_reviews(
 
 
 def review_line(review: Review, swap: bool) -> dict:
-    """One reviews.jsonl line."""
+    """One reviews.jsonl line; `tuple` and `category` are what LLaVA's summary script reads."""
     line = {
         "question_id": review.question_id,
         "category": review.category,
         "scores": list(review.pair(swap)) if review.pair(swap) else None,
     }
     line["text"] = review.text
+    # LLaVA's review field, for its summary script: the pair, (-1, -1) where none parsed
+    line["tuple"] = list(review.pair(swap) or UNPARSED_IN_LLAVA)
     if swap:
         line |= {
             "order_scores": list(review.scores) if review.scores else None,
@@ -252,8 +249,10 @@ def score_frame(reviews: list[Review], settings: JudgeSettings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).astype({"gain": float})
 
 
-def _stats(frame: pd.DataFrame, swap: bool) -> dict:
+def _stats(frame: pd.DataFrame, swap: bool, compat: str | None = None) -> dict:
     ref, cand = frame["reference"].mean(), frame["candidate"].mean()
+    if compat == "llava":  # LLaVA divides the means rounded to 3 decimals
+        ref, cand = round(ref, 3), round(cand, 3)
     stats = {
         "relative": round(100 * cand / ref, 1) if ref and pd.notna(ref) else None,
         "reference_mean": round(float(ref), 3) if pd.notna(ref) else None,
@@ -271,13 +270,13 @@ def _stats(frame: pd.DataFrame, swap: bool) -> dict:
 def summarize(reviews: list[Review], settings: JudgeSettings, missing: list[int | str]) -> dict:
     """summary.json: overall and per-category relative scores, counts and the judge settings."""
     frame = score_frame(reviews, settings)
-    summary = {"all": _stats(frame, settings.swap) | {"missing": len(missing)}}
+    summary = {"all": _stats(frame, settings.swap, settings.compat) | {"missing": len(missing)}}
     present = list(dict.fromkeys(frame["category"]))
     order = [c for c in CATEGORY_ORDER if c in present] + sorted(
         c for c in present if c not in CATEGORY_ORDER
     )
     for category, group in frame.groupby("category", sort=False):
-        summary[category] = _stats(group, settings.swap)
+        summary[category] = _stats(group, settings.swap, settings.compat)
     summary = {"all": summary["all"]} | {c: summary[c] for c in order}
     summary["judge"] = {
         "model": settings.model,

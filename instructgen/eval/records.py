@@ -4,7 +4,8 @@
 - answers: `{question_id, prompt, text, answer_id, model_id, metadata}` per line (LLaVA's
   reference answer files carry only `question_id, text, category`: they are read as well);
 - contexts of the judge: LLaVA's `caps_boxes` lines (`image, captions, instances: [{category,
-  bbox}]`) or our contexts.jsonl (`file_name, captions, boxes`).
+  bbox}]`), LLaVA-Bench (In-the-Wild)'s `context.jsonl` (`image, caption`: one caption, no
+  boxes) or our contexts.jsonl (`file_name, captions, boxes`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instructgen.build import extract_text
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl
+
+UNCATEGORIZED = "other"  # the category of a question whose line names none
+# summary.json's own keys beside the categories': a category may not take one
+RESERVED_CATEGORIES = ("all", "judge", "missing_question_ids")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +80,9 @@ def _question_id(obj: dict, where: str) -> int | str:
 
 
 def read_questions(path: Path) -> list[Question]:
-    """Read a questions file; a line without id or text, an image that is not a file name, or a
-    repeated id, is an error. A line without `image` is a text-only question."""
+    """Read a questions file; a line without id or text, an image that is not a file name, a
+    repeated id, or a category named like a key of summary.json, is an error. A line without
+    `image` is a text-only question; one without `category` is in category `other`."""
     questions: list[Question] = []
     seen: dict[int | str, int] = {}
     for lineno, obj in iter_jsonl(path):
@@ -89,7 +96,13 @@ def read_questions(path: Path) -> list[Question]:
             raise InputError(f"{where}: question {qid!r}: image must be a file name or absent")
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{where}: question {qid!r} has no text")
-        questions.append(Question(qid, image, text, str(obj.get("category") or "all")))
+        category = str(obj.get("category") or UNCATEGORIZED)
+        if category in RESERVED_CATEGORIES:
+            raise InputError(
+                f"{where}: question {qid!r}: category {category!r} is a key of the judge's "
+                f"summary.json ({', '.join(RESERVED_CATEGORIES)}); rename the category"
+            )
+        questions.append(Question(qid, image, text, category))
     if not questions:
         raise InputError(f"{path}: no questions")
     return questions
@@ -118,6 +131,18 @@ def read_answers(path: Path) -> dict[int | str, Answer]:
     return answers
 
 
+def response_text(line: dict) -> tuple[str | None, str | None]:
+    """(the assistant's text, None) of one Batch API output line, or (None, why there is none):
+    a failed request (its error or HTTP status) or a refusal. A reply cut at max_tokens keeps
+    its text."""
+    got = extract_text(line)
+    if got.rejection is None or got.rejection.reason not in ("failed_request", "refusal"):
+        return got.text, None
+    if got.rejection.reason == "refusal":
+        return None, f"{got.rejection.detail}: {got.text}"
+    return None, got.rejection.detail
+
+
 def check_known(answers: Iterable[int | str], questions: list[Question], path: Path) -> None:
     """Refuse answers to questions that the questions file does not have."""
     known = {q.question_id for q in questions}
@@ -137,17 +162,21 @@ def read_contexts(path: Path) -> dict[str, JudgeContext]:
         where = f"{path}:{lineno}"
         image = obj.get("image") or obj.get("file_name")
         boxes = obj.get("instances") if "instances" in obj else obj.get("boxes", [])
+        captions = obj.get("captions")
+        if captions is None and isinstance(obj.get("caption"), str):
+            captions = [obj["caption"]]  # LLaVA-Bench (In-the-Wild): one detailed caption
         try:
             context = JudgeContext(
                 image=str(image),
-                captions=tuple(str(c) for c in obj["captions"]),
+                captions=tuple(str(c) for c in captions),
                 boxes=tuple(
                     (str(b["category"]), tuple(float(v) for v in b["bbox"])) for b in boxes or ()
                 ),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(
-                f"{where}: not an image context (need image or file_name, captions, and "
+                f"{where}: not an image context (need image or file_name, captions (or one "
+                "caption), and "
                 f"instances or boxes with category and bbox; {type(e).__name__}: {e})"
             ) from None
         if not image:
