@@ -223,7 +223,7 @@ class _ImageCounter:
                 parsed = split_custom_id(cid)
                 size = self._context_size(parsed[0] if parsed else None)
             detail = str(image.get("detail", "auto"))
-            counts.append(image_tokens(model, *size, detail) if size else None)
+            counts.append(image_tokens(model, *(size or (None, None)), detail))
         return counts
 
 

@@ -20,6 +20,12 @@ def test_a_2048_by_4096_image_at_high_detail_costs_1105_tokens_on_gpt_4o():
 def test_low_detail_is_85_tokens_whatever_the_size():
     assert image_tokens("gpt-4o", 4096, 8192, "low") == 85
     assert image_tokens("gpt-4o", 64, 64, "low") == 85
+    assert image_tokens("gpt-4o", None, None, "low") == 85  # the size is not needed
+
+
+def test_an_unknown_size_at_high_detail_is_unknown():
+    assert image_tokens("gpt-4o", None, None, "high") is None
+    assert image_tokens("gpt-4.1-mini", None, None, "low") is None  # patches need the size
 
 
 def test_auto_detail_is_counted_as_high_the_most_it_can_cost():

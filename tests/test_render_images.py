@@ -201,6 +201,13 @@ def test_inline_images_are_measured_from_their_jpeg(contexts, coco_mini):
     assert est.total.image_tokens == (85 + 170) * len(requests)  # at most 500 px: one tile
 
 
+def test_low_detail_url_images_need_no_contexts_to_be_counted(contexts):
+    requests = rendered(contexts, ImageInput("url", "low"))
+    est = estimate_requests(contexts.parent / "requests.jsonl")  # no pixel sizes at hand
+    assert est.total.image_tokens == 85 * len(requests)
+    assert est.total.cost_standard is not None
+
+
 def test_url_images_without_their_contexts_have_unknown_tokens_and_cost(contexts):
     rendered(contexts, ImageInput("url"))
     est = estimate_requests(contexts.parent / "requests.jsonl")

@@ -69,12 +69,15 @@ def takes_images(model: str) -> bool | None:
     return (rule is not None) if known else None
 
 
-def image_tokens(model: str, width: int, height: int, detail: str) -> int | None:
-    """Prompt tokens of one `width` x `height` pixel image; None where nothing is published."""
+def image_tokens(model: str, width: int | None, height: int | None, detail: str) -> int | None:
+    """Prompt tokens of one `width` x `height` pixel image; None where nothing is published,
+    or where the size is needed and not known (None): `low` detail on a tiled model is not."""
     _, rule = _rule(model)
+    if isinstance(rule, TileRule) and detail == "low":
+        return rule.base
+    if width is None or height is None:
+        return None
     if isinstance(rule, TileRule):
-        if detail == "low":
-            return rule.base
         return rule.base + rule.tile * tiles(width, height)
     if isinstance(rule, PatchRule):
         return round(patches(width, height) * rule.multiplier)
