@@ -59,6 +59,19 @@ def test_an_image_over_1536_patches_is_shrunk_to_fit():
     assert patches(1800, 2400) == 1452
 
 
+def test_newer_models_use_their_published_constants():
+    assert image_tokens("gpt-5", 1024, 1024, "high") == 70 + 4 * 140
+    assert image_tokens("o3", 1024, 1024, "low") == 75
+    assert image_tokens("o1-2024-12-17", 1024, 1024, "high") == 75 + 4 * 150
+    assert image_tokens("o4-mini", 1024, 1024, "high") == round(1024 * 1.72)
+    assert image_tokens("gpt-5-mini-2025-08-07", 1024, 1024, "low") == round(1024 * 1.62)
+
+
+def test_small_reasoning_models_without_vision_are_not_taken_for_their_family():
+    for model in ("o1-mini", "o3-mini", "o3-mini-2025-01-31", "o1-preview"):
+        assert takes_images(model) is False
+
+
 def test_dated_snapshots_follow_their_family():
     assert image_tokens("gpt-4o-2024-08-06", 1024, 1024, "high") == 765
     assert image_tokens("gpt-4o-mini-2024-07-18", 10, 10, "low") == 2833
