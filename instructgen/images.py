@@ -97,8 +97,9 @@ def _ids(ids: list[int]) -> str:
 def inline_jpeg(path: Path, max_side: int, image_id: int | str) -> bytes:
     """JPEG bytes of the image at `path`, its longest side at most `max_side` pixels.
 
-    A JPEG already small enough, in RGB or grey, with no EXIF rotation is sent as it is;
-    anything else is decoded, shrunk and encoded again. Raises InputError naming the file.
+    Every image is decoded, so that a cut-off download is caught here. A JPEG already small
+    enough, in RGB or grey, with no EXIF rotation is then sent as it is; anything else is
+    shrunk and encoded again. Raises InputError naming the file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -110,6 +111,7 @@ def inline_jpeg(path: Path, max_side: int, image_id: int | str) -> bytes:
                 and max(img.size) <= max_side
                 and img.getexif().get(EXIF_ORIENTATION, 1) == 1
             )
+            img.load()  # decode it all: a truncated or corrupt file fails here, not at the API
             if plain:
                 return Path(path).read_bytes()
             img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

@@ -152,6 +152,19 @@ def test_a_file_that_is_no_image_is_an_error_naming_it(contexts, coco_mini, tmp_
         rendered(contexts, ImageInput("inline", images_dir=images))
 
 
+def test_a_jpeg_cut_short_is_an_error_naming_it_not_a_request_the_api_rejects(
+    contexts, coco_mini, tmp_path
+):
+    images = tmp_path / "images"
+    shutil.copytree(coco_mini / "train2017", images)
+    name = next(iter_jsonl(contexts))[1]["file_name"]
+    whole = (images / name).read_bytes()
+    (images / name).write_bytes(whole[: len(whole) // 2])  # an interrupted download
+    with pytest.raises(InputError, match=f"{name}: not a readable image"):
+        rendered(contexts, ImageInput("inline", images_dir=images))
+    assert not (tmp_path / "requests.jsonl").exists()
+
+
 def test_url_mode_without_coco_url_or_base_url_is_an_error_listing_the_image_ids(
     contexts, tmp_path
 ):
