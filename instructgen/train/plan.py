@@ -412,7 +412,7 @@ def _fit(setting, params, shape, zero, gpus, gpu_memory_gb, bf16, cfg, seq_len) 
     if setting.lora_rank and zero == 3:
         return Fit(setting.name, zero, gpus, gpu_memory_gb, None, False)
     global_batch = cfg.global_batch or RECIPES[cfg.stage].global_batch
-    accum = max(1, global_batch // (cfg.micro_batch * gpus))
+    accum = accumulation(global_batch, cfg.micro_batch, gpus)
     need = memory_per_gpu(
         params, setting, shape, zero, gpus, bf16, cfg.micro_batch, accum, seq_len,
         cfg.gradient_checkpointing,
