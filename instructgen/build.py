@@ -29,7 +29,7 @@ from typing import IO
 from instructgen.contracts import IMAGE_TOKEN, TASKS, split_custom_id
 from instructgen.errors import InputError, InstructgenError
 from instructgen.files import atomic_writer, iter_jsonl, read_json, require_file
-from instructgen.images import IMAGE_MODES
+from instructgen.images import IMAGE_MODES, image_mode
 from instructgen.parse import (
     REASONS,
     Rejection,
@@ -89,17 +89,6 @@ def _message_text(message: dict) -> str:
         texts = (p.get("text") for p in content if isinstance(p, dict))
         return "\n".join(t for t in texts if isinstance(t, str))
     return content if isinstance(content, str) else ""
-
-
-def image_mode(messages: list[dict]) -> str:
-    """`inline` (a data URL), `url`, or `none` (text only): how the request shows its image."""
-    for m in messages:
-        content = m.get("content")
-        for part in content if isinstance(content, list) else ():
-            image = part.get("image_url") if isinstance(part, dict) else None
-            if isinstance(image, dict):
-                return "inline" if str(image.get("url", "")).startswith("data:") else "url"
-    return "none"
 
 
 def load_requests(path: Path) -> Requests:

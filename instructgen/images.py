@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -87,6 +87,22 @@ class ImageInput:
     def part(self, context: ImageContext) -> dict:
         """The `image_url` content part of the request for `context`."""
         return {"type": "image_url", "image_url": {"url": self.url(context), "detail": self.detail}}
+
+
+def image_parts(messages: list[dict]) -> Iterator[dict]:
+    """The `image_url` objects of the messages' content parts."""
+    for m in messages:
+        content = m.get("content")
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and isinstance(part.get("image_url"), dict):
+                yield part["image_url"]
+
+
+def image_mode(messages: list[dict]) -> str:
+    """`inline` (a data URL), `url`, or `none` (text only): how a request shows its image."""
+    for image in image_parts(messages):
+        return "inline" if str(image.get("url", "")).startswith("data:") else "url"
+    return "none"
 
 
 def _ids(ids: list[int]) -> str:
