@@ -132,6 +132,14 @@ def test_inline_without_an_images_folder_is_one_red_line(job, tmp_path):
     ]
 
 
+def test_an_image_option_without_image_is_one_red_line_not_silently_text_only(job, tmp_path):
+    out = tmp_path / "r.jsonl"
+    result = instructgen("render", job["contexts"], "-o", out, "--image-detail", "low")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[0].startswith("error: --image-base-url, --images")
+    assert not out.exists()
+
+
 def test_estimate_and_dry_run_show_image_tokens_apart(job, tmp_path):
     requests = tmp_path / "url.jsonl"
     rendered = instructgen(
