@@ -136,6 +136,10 @@ def inline_jpeg(path: Path, max_side: int, image_id: int | str) -> bytes:
             return out.getvalue()
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable image (image {image_id}): {e}") from None
+    except Image.DecompressionBombError as e:  # not an OSError: PIL's guard on pixel counts
+        raise InputError(
+            f"{path}: too large to decode safely (image {image_id}): {e}; shrink it first"
+        ) from None
 
 
 def data_url_size(data_url: str) -> tuple[int, int] | None:

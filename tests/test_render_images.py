@@ -165,6 +165,14 @@ def test_a_jpeg_cut_short_is_an_error_naming_it_not_a_request_the_api_rejects(
     assert not (tmp_path / "requests.jsonl").exists()
 
 
+def test_an_image_over_pils_pixel_guard_is_an_error_naming_it(contexts, coco_mini, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # every COCO photo is over 2 x this
+    name = next(iter_jsonl(contexts))[1]["file_name"]
+    with pytest.raises(InputError, match=f"{name}: too large to decode safely"):
+        rendered(contexts, ImageInput("inline", images_dir=coco_mini / "train2017"))
+    assert not (contexts.parent / "requests.jsonl").exists()
+
+
 def test_url_mode_without_coco_url_or_base_url_is_an_error_listing_the_image_ids(
     contexts, tmp_path
 ):
