@@ -399,8 +399,13 @@ def _append_log(path: Path, row: dict) -> None:
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file()]
+    found = [p for p in _checkpoints(out) if (p / STATE_FILE).is_file()]
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """The trainer's own `checkpoint-<step>` folders (not a user's `checkpoint-500-copy`)."""
+    return [p for p in out.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
 
 
 def _keep_checkpoints_lean(accelerator, model) -> None:
@@ -524,7 +529,7 @@ def _save_checkpoint(
             "schedule": schedule,
         }
         write_json(directory / STATE_FILE, state)
-        for old in out.glob("checkpoint-*"):
+        for old in _checkpoints(out):
             if old != directory:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
