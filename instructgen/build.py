@@ -231,13 +231,20 @@ def make_record(
 
 
 def quarantine_line(
-    cid: str, task: str | None, image_id: int | None, reason: str, detail: str, raw: str
+    cid: str,
+    task: str | None,
+    image_id: int | None,
+    reason: str,
+    detail: str,
+    raw: str,
+    image_mode: str | None = None,
 ) -> dict:
-    """One quarantine.jsonl object (see DESIGN.md)."""
+    """One quarantine.jsonl object (see DESIGN.md); `image_mode` as on records."""
     return {
         "custom_id": cid,
         "task": task,
         "image_id": image_id,
+        "image_mode": image_mode,
         "reason": reason,
         "detail": detail,
         "raw": raw,
@@ -345,7 +352,8 @@ def build(
                 if parsed_id
                 else (None, None)
             )
-            row = quarantine_line(cid, task, image_id, reason, detail, raw)
+            mode = info.image_mode if info else None  # a response to no request has none
+            row = quarantine_line(cid, task, image_id, reason, detail, raw, mode)
             quarantine.write(json.dumps(row, ensure_ascii=False) + "\n")
             stats.add_quarantined(task, reason)
 

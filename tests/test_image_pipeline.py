@@ -115,6 +115,29 @@ def test_the_review_page_shows_the_image_mode(job, built, tmp_path):
     assert '<span class="pill image-mode"' in page and ">image: inline</span>" in page
 
 
+def test_a_quarantined_response_keeps_its_image_mode_on_the_review_page(job, built, tmp_path):
+    responses = tmp_path / "responses.jsonl"
+    lines = responses.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["response"]["body"]["choices"][0]["message"]["content"] = ""  # an empty answer
+    responses.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    build(responses, job["requests"], job["contexts"], tmp_path / "out")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").open()]
+    [row] = [r for r in rows if r["custom_id"] == first["custom_id"]]
+    assert (row["reason"], row["image_mode"]) == ("empty", "inline")
+    sources = store.Sources(
+        tmp_path / "out" / "llava_instruct.json",
+        job["contexts"],
+        tmp_path / "out" / "quarantine.jsonl",
+    )
+    conn = store.open_store(tmp_path / "review.sqlite")
+    store.import_sources(conn, sources)
+    conn.close()
+    client = TestClient(create_app(tmp_path / "review.sqlite", job["images"]))
+    page = client.get(f"/records/{row['custom_id']}").text
+    assert ">image: inline</span>" in page
+
+
 def instructgen(*args) -> subprocess.CompletedProcess:
     if not INSTRUCTGEN.exists():
         pytest.skip("needs the project's .venv (make install)")
