@@ -297,6 +297,11 @@ def estimate_requests(
         request_model = model or str(body.get("model", DEFAULT_MODEL))
         models.add(request_model)
         images = image_counter.request(messages, request_model, cid)
+        if images and takes_images(request_model) is False:
+            raise InputError(
+                f"{requests_path}:{lineno}: the request sends an image, and {request_model} "
+                "takes no image input; estimate it as a vision model (--model gpt-4o, ...)"
+            )
         with_images = _sum_known(prompt, *images)
         costs = (
             _cost(request_model, with_images, completion),

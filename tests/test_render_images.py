@@ -222,6 +222,12 @@ def test_inline_images_are_measured_from_their_jpeg(contexts, coco_mini):
     assert est.total.image_tokens == (85 + 170) * len(requests)  # at most 500 px: one tile
 
 
+def test_estimating_image_requests_as_a_text_only_model_is_an_error(contexts):
+    rendered(contexts, ImageInput("url", "low"))
+    with pytest.raises(InputError, match=r"requests.jsonl:1: .* gpt-4 takes no image input"):
+        estimate_requests(contexts.parent / "requests.jsonl", model="gpt-4")
+
+
 def test_low_detail_url_images_need_no_contexts_to_be_counted(contexts):
     requests = rendered(contexts, ImageInput("url", "low"))
     est = estimate_requests(contexts.parent / "requests.jsonl")  # no pixel sizes at hand
