@@ -187,3 +187,11 @@ def test_gradient_checkpointing_keeps_one_layer_input_per_layer_instead_of_all_a
 def test_hours_need_both_gpu_tflops_and_mfu(towers, test_data, tmp_path):
     with pytest.raises(InputError, match="give both --gpu-tflops and --mfu"):
         plan_run(config(towers, test_data, tmp_path), gpu_tflops=989)
+
+
+def test_a_gpu_of_no_speed_or_no_memory_is_an_error_not_negative_hours(towers, test_data, tmp_path):
+    cfg = config(towers, test_data, tmp_path)
+    with pytest.raises(InputError, match="--gpu-tflops must be more than 0"):
+        plan_run(cfg, gpu_tflops=-989, mfu=0.4)
+    with pytest.raises(InputError, match="--gpu-memory-gb must be more than 0"):
+        plan_run(cfg, gpu_memory_gb=0)
