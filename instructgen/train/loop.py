@@ -349,6 +349,10 @@ def trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
     template = cfg.template or recipe.template
     if template not in TEMPLATES:
         raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    if cfg.stage == 1 and (cfg.lora_rank or cfg.freeze_llm):
+        raise InputError(
+            "--lora-rank and --freeze-llm are stage-2 options: stage 1 trains the projector only"
+        )
     if cfg.stage == 2 and cfg.projector_from is not None:
         before = read_trained_with(cfg.projector_from)
         return TrainedWith(
