@@ -82,7 +82,7 @@ $(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(DATA)/.coco-settings | instal
 $(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
 	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS) \
 	    --image $(IMAGE) $(if $(filter-out none,$(IMAGE)),--image-detail $(IMAGE_DETAIL)) \
-	    $(if $(filter inline,$(IMAGE)),--images $(IMAGES))
+	    $(if $(and $(filter inline,$(IMAGE)),$(IMAGES)),--images $(IMAGES))
 
 $(DATA)/responses.jsonl: $(DATA)/requests.jsonl $(DATA)/.run-settings | install
 	$(IG) run $< -o $@ --backend $(BACKEND) $(if $(filter openai,$(BACKEND)),--journal $(DATA)/journal.sqlite) $(RUN_ARGS)

@@ -29,7 +29,7 @@ from typing import IO
 from instructgen.contracts import IMAGE_TOKEN, TASKS, split_custom_id
 from instructgen.errors import InputError, InstructgenError
 from instructgen.files import atomic_writer, iter_jsonl, read_json, require_file
-from instructgen.images import IMAGE_MODES
+from instructgen.images import IMAGE_MODES, image_mode
 from instructgen.parse import (
     REASONS,
     Rejection,
@@ -89,17 +89,6 @@ def _message_text(message: dict) -> str:
         texts = (p.get("text") for p in content if isinstance(p, dict))
         return "\n".join(t for t in texts if isinstance(t, str))
     return content if isinstance(content, str) else ""
-
-
-def image_mode(messages: list[dict]) -> str:
-    """`inline` (a data URL), `url`, or `none` (text only): how the request shows its image."""
-    for m in messages:
-        content = m.get("content")
-        for part in content if isinstance(content, list) else ():
-            image = part.get("image_url") if isinstance(part, dict) else None
-            if isinstance(image, dict):
-                return "inline" if str(image.get("url", "")).startswith("data:") else "url"
-    return "none"
 
 
 def load_requests(path: Path) -> Requests:
@@ -242,13 +231,20 @@ def make_record(
 
 
 def quarantine_line(
-    cid: str, task: str | None, image_id: int | None, reason: str, detail: str, raw: str
+    cid: str,
+    task: str | None,
+    image_id: int | None,
+    reason: str,
+    detail: str,
+    raw: str,
+    image_mode: str | None = None,
 ) -> dict:
-    """One quarantine.jsonl object (see DESIGN.md)."""
+    """One quarantine.jsonl object (see DESIGN.md); `image_mode` as on records."""
     return {
         "custom_id": cid,
         "task": task,
         "image_id": image_id,
+        "image_mode": image_mode,
         "reason": reason,
         "detail": detail,
         "raw": raw,
@@ -356,7 +352,8 @@ def build(
                 if parsed_id
                 else (None, None)
             )
-            row = quarantine_line(cid, task, image_id, reason, detail, raw)
+            mode = info.image_mode if info else None  # a response to no request has none
+            row = quarantine_line(cid, task, image_id, reason, detail, raw, mode)
             quarantine.write(json.dumps(row, ensure_ascii=False) + "\n")
             stats.add_quarantined(task, reason)
 

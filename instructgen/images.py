@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -89,6 +89,22 @@ class ImageInput:
         return {"type": "image_url", "image_url": {"url": self.url(context), "detail": self.detail}}
 
 
+def image_parts(messages: list[dict]) -> Iterator[dict]:
+    """The `image_url` objects of the messages' content parts."""
+    for m in messages:
+        content = m.get("content")
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and isinstance(part.get("image_url"), dict):
+                yield part["image_url"]
+
+
+def image_mode(messages: list[dict]) -> str:
+    """`inline` (a data URL), `url`, or `none` (text only): how a request shows its image."""
+    for image in image_parts(messages):
+        return "inline" if str(image.get("url", "")).startswith("data:") else "url"
+    return "none"
+
+
 def _ids(ids: list[int]) -> str:
     shown = ", ".join(map(str, ids[:10]))
     return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
@@ -97,8 +113,9 @@ def _ids(ids: list[int]) -> str:
 def inline_jpeg(path: Path, max_side: int, image_id: int | str) -> bytes:
     """JPEG bytes of the image at `path`, its longest side at most `max_side` pixels.
 
-    A JPEG already small enough, in RGB or grey, with no EXIF rotation is sent as it is;
-    anything else is decoded, shrunk and encoded again. Raises InputError naming the file.
+    Every image is decoded, so that a cut-off download is caught here. A JPEG already small
+    enough, in RGB or grey, with no EXIF rotation is then sent as it is; anything else is
+    shrunk and encoded again. Raises InputError naming the file.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -110,6 +127,7 @@ def inline_jpeg(path: Path, max_side: int, image_id: int | str) -> bytes:
                 and max(img.size) <= max_side
                 and img.getexif().get(EXIF_ORIENTATION, 1) == 1
             )
+            img.load()  # decode it all: a truncated or corrupt file fails here, not at the API
             if plain:
                 return Path(path).read_bytes()
             img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -118,6 +136,10 @@ def inline_jpeg(path: Path, max_side: int, image_id: int | str) -> bytes:
             return out.getvalue()
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise InputError(f"{path}: not a readable image (image {image_id}): {e}") from None
+    except Image.DecompressionBombError as e:  # not an OSError: PIL's guard on pixel counts
+        raise InputError(
+            f"{path}: too large to decode safely (image {image_id}): {e}; shrink it first"
+        ) from None
 
 
 def data_url_size(data_url: str) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ from instructgen.client.pricing import cost_usd
 from instructgen.contracts import TASKS, ImageContext, custom_id, split_custom_id
 from instructgen.errors import InputError
 from instructgen.files import atomic_writer, iter_jsonl
-from instructgen.images import ImageInput, data_url_size
+from instructgen.images import ImageInput, data_url_size, image_parts
 from instructgen.prompts import DEFAULT_PROMPTS, DEFAULT_SEEDS, TaskPrompt, load_task_prompt
 from instructgen.tokens import TokenCounter, message_text
 
@@ -189,16 +189,6 @@ def _lines_with_length(path: Path) -> Iterator[tuple[int, dict, int]]:
             yield lineno, obj, length
 
 
-def _image_parts(messages: list[dict]) -> Iterator[dict]:
-    """The `image_url` objects of the messages' content parts."""
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("image_url"), dict):
-                    yield part["image_url"]
-
-
 class _ImageCounter:
     """Tokens of each image part: inline ones measured from their JPEG, others by context."""
 
@@ -215,7 +205,7 @@ class _ImageCounter:
     def request(self, messages: list[dict], model: str, cid: str) -> list[int | None]:
         """Tokens of each image of one request (None: unknown size or formula)."""
         counts = []
-        for image in _image_parts(messages):
+        for image in image_parts(messages):
             url = str(image.get("url", ""))
             if url.startswith("data:"):
                 size = data_url_size(url)
@@ -223,7 +213,7 @@ class _ImageCounter:
                 parsed = split_custom_id(cid)
                 size = self._context_size(parsed[0] if parsed else None)
             detail = str(image.get("detail", "auto"))
-            counts.append(image_tokens(model, *size, detail) if size else None)
+            counts.append(image_tokens(model, *(size or (None, None)), detail))
         return counts
 
 
@@ -307,6 +297,11 @@ def estimate_requests(
         request_model = model or str(body.get("model", DEFAULT_MODEL))
         models.add(request_model)
         images = image_counter.request(messages, request_model, cid)
+        if images and takes_images(request_model) is False:
+            raise InputError(
+                f"{requests_path}:{lineno}: the request sends an image, and {request_model} "
+                "takes no image input; estimate it as a vision model (--model gpt-4o, ...)"
+            )
         with_images = _sum_known(prompt, *images)
         costs = (
             _cost(request_model, with_images, completion),

@@ -183,11 +183,13 @@ def test_flags_are_carried_in_records(built):
 def test_quarantine_lines_explain_each_rejection_with_the_raw_text(built):
     rows = {(r["custom_id"], r["reason"]): r for r in read_lines(built / "quarantine.jsonl")}
     for row in rows.values():
-        assert list(row) == ["custom_id", "task", "image_id", "reason", "detail", "raw"]
+        assert list(row) == [
+            "custom_id", "task", "image_id", "image_mode", "reason", "detail", "raw"
+        ]  # fmt: skip
         assert row["detail"]
     cut = rows[("coco-37666-detail", "finish_length")]
     assert cut["raw"].startswith("A young boy in cold weather gear")
-    assert (cut["task"], cut["image_id"]) == ("detail", 37666)
+    assert (cut["task"], cut["image_id"], cut["image_mode"]) == ("detail", 37666, "none")
     failed = rows[("coco-54718-conversation", "failed_request")]
     assert "Rate limit reached" in failed["raw"]
     assert rows[("coco-70133-detail", "failed_request")]["detail"] == "no response"

@@ -100,19 +100,33 @@ def test_build_records_the_image_mode_on_each_record_and_counts_it(built, tmp_pa
     assert stats["records_per_image_mode"] == {"none": 0, "url": 0, "inline": len(records)}
 
 
-def test_the_review_page_shows_the_image_mode(job, built, tmp_path):
-    sources = store.Sources(
-        tmp_path / "out" / "llava_instruct.json",
-        job["contexts"],
-        tmp_path / "out" / "quarantine.jsonl",
-    )
-    conn = store.open_store(tmp_path / "review.sqlite")
+def review_page(job, out: Path, custom_id: str) -> str:
+    """The review page of `custom_id`, with out/'s records and quarantine imported."""
+    sources = store.Sources(out / "llava_instruct.json", job["contexts"], out / "quarantine.jsonl")
+    conn = store.open_store(out / "review.sqlite")
     store.import_sources(conn, sources)
     conn.close()
-    cid = json.loads(sources.records.read_text())[0]["custom_id"]
-    client = TestClient(create_app(tmp_path / "review.sqlite", job["images"]))
-    page = client.get(f"/records/{cid}").text
+    client = TestClient(create_app(out / "review.sqlite", job["images"]))
+    return client.get(f"/records/{custom_id}").text
+
+
+def test_the_review_page_shows_the_image_mode(job, built, tmp_path):
+    cid = json.loads((tmp_path / "out" / "llava_instruct.json").read_text())[0]["custom_id"]
+    page = review_page(job, tmp_path / "out", cid)
     assert '<span class="pill image-mode"' in page and ">image: inline</span>" in page
+
+
+def test_a_quarantined_response_keeps_its_image_mode_on_the_review_page(job, built, tmp_path):
+    responses = tmp_path / "responses.jsonl"
+    lines = responses.read_text().splitlines()
+    first = json.loads(lines[0])
+    first["response"]["body"]["choices"][0]["message"]["content"] = ""  # an empty answer
+    responses.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    build(responses, job["requests"], job["contexts"], tmp_path / "out")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").open()]
+    [row] = [r for r in rows if r["custom_id"] == first["custom_id"]]
+    assert (row["reason"], row["image_mode"]) == ("empty", "inline")
+    assert ">image: inline</span>" in review_page(job, tmp_path / "out", row["custom_id"])
 
 
 def instructgen(*args) -> subprocess.CompletedProcess:
@@ -130,6 +144,14 @@ def test_inline_without_an_images_folder_is_one_red_line(job, tmp_path):
     assert result.stderr.strip().splitlines() == [
         "error: --image inline needs --images DIR (the folder of the JPEG files)"
     ]
+
+
+def test_an_image_option_without_image_is_one_red_line_not_silently_text_only(job, tmp_path):
+    out = tmp_path / "r.jsonl"
+    result = instructgen("render", job["contexts"], "-o", out, "--image-detail", "low")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[0].startswith("error: --image-base-url, --images")
+    assert not out.exists()
 
 
 def test_estimate_and_dry_run_show_image_tokens_apart(job, tmp_path):

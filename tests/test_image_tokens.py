@@ -20,6 +20,12 @@ def test_a_2048_by_4096_image_at_high_detail_costs_1105_tokens_on_gpt_4o():
 def test_low_detail_is_85_tokens_whatever_the_size():
     assert image_tokens("gpt-4o", 4096, 8192, "low") == 85
     assert image_tokens("gpt-4o", 64, 64, "low") == 85
+    assert image_tokens("gpt-4o", None, None, "low") == 85  # the size is not needed
+
+
+def test_an_unknown_size_at_high_detail_is_unknown():
+    assert image_tokens("gpt-4o", None, None, "high") is None
+    assert image_tokens("gpt-4.1-mini", None, None, "low") is None  # patches need the size
 
 
 def test_auto_detail_is_counted_as_high_the_most_it_can_cost():
@@ -51,6 +57,19 @@ def test_patch_models_count_32_pixel_patches_times_their_multiplier():
 def test_an_image_over_1536_patches_is_shrunk_to_fit():
     # published: 1800 x 2400 needs 4275 patches; shrunk to 1056 x 1408 it needs 33 x 44 = 1452
     assert patches(1800, 2400) == 1452
+
+
+def test_newer_models_use_their_published_constants():
+    assert image_tokens("gpt-5", 1024, 1024, "high") == 70 + 4 * 140
+    assert image_tokens("o3", 1024, 1024, "low") == 75
+    assert image_tokens("o1-2024-12-17", 1024, 1024, "high") == 75 + 4 * 150
+    assert image_tokens("o4-mini", 1024, 1024, "high") == round(1024 * 1.72)
+    assert image_tokens("gpt-5-mini-2025-08-07", 1024, 1024, "low") == round(1024 * 1.62)
+
+
+def test_small_reasoning_models_without_vision_are_not_taken_for_their_family():
+    for model in ("o1-mini", "o3-mini", "o3-mini-2025-01-31", "o1-preview"):
+        assert takes_images(model) is False
 
 
 def test_dated_snapshots_follow_their_family():

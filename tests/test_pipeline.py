@@ -102,3 +102,17 @@ def test_a_new_image_setting_re_renders_and_the_records_carry_the_mode(data):
     records = json.loads((data / TARGET).read_text())
     assert {r["image_mode"] for r in records} == {"url"}
     assert make(data, "IMAGE=url") == []
+
+
+def test_inline_images_without_an_images_folder_is_one_clear_error(data):
+    result = subprocess.run(
+        ["make", "--no-print-directory", f"{data}/{TARGET}", f"DATA={data}", "LIMIT=4"]
+        + ["BACKEND=template", "IMAGE=inline"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "--image inline needs --images DIR" in result.stdout + result.stderr
+    assert not (data / "requests.jsonl").exists()

@@ -152,6 +152,27 @@ def test_a_file_that_is_no_image_is_an_error_naming_it(contexts, coco_mini, tmp_
         rendered(contexts, ImageInput("inline", images_dir=images))
 
 
+def test_a_jpeg_cut_short_is_an_error_naming_it_not_a_request_the_api_rejects(
+    contexts, coco_mini, tmp_path
+):
+    images = tmp_path / "images"
+    shutil.copytree(coco_mini / "train2017", images)
+    name = next(iter_jsonl(contexts))[1]["file_name"]
+    whole = (images / name).read_bytes()
+    (images / name).write_bytes(whole[: len(whole) // 2])  # an interrupted download
+    with pytest.raises(InputError, match=f"{name}: not a readable image"):
+        rendered(contexts, ImageInput("inline", images_dir=images))
+    assert not (tmp_path / "requests.jsonl").exists()
+
+
+def test_an_image_over_pils_pixel_guard_is_an_error_naming_it(contexts, coco_mini, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # every COCO photo is over 2 x this
+    name = next(iter_jsonl(contexts))[1]["file_name"]
+    with pytest.raises(InputError, match=f"{name}: too large to decode safely"):
+        rendered(contexts, ImageInput("inline", images_dir=coco_mini / "train2017"))
+    assert not (contexts.parent / "requests.jsonl").exists()
+
+
 def test_url_mode_without_coco_url_or_base_url_is_an_error_listing_the_image_ids(
     contexts, tmp_path
 ):
@@ -199,6 +220,19 @@ def test_inline_images_are_measured_from_their_jpeg(contexts, coco_mini):
     requests = rendered(contexts, image)
     est = estimate_requests(contexts.parent / "requests.jsonl")
     assert est.total.image_tokens == (85 + 170) * len(requests)  # at most 500 px: one tile
+
+
+def test_estimating_image_requests_as_a_text_only_model_is_an_error(contexts):
+    rendered(contexts, ImageInput("url", "low"))
+    with pytest.raises(InputError, match=r"requests.jsonl:1: .* gpt-4 takes no image input"):
+        estimate_requests(contexts.parent / "requests.jsonl", model="gpt-4")
+
+
+def test_low_detail_url_images_need_no_contexts_to_be_counted(contexts):
+    requests = rendered(contexts, ImageInput("url", "low"))
+    est = estimate_requests(contexts.parent / "requests.jsonl")  # no pixel sizes at hand
+    assert est.total.image_tokens == 85 * len(requests)
+    assert est.total.cost_standard is not None
 
 
 def test_url_images_without_their_contexts_have_unknown_tokens_and_cost(contexts):

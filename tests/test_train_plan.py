@@ -15,7 +15,7 @@ from train_tiny import write_config_only_towers  # noqa: E402
 
 from instructgen.errors import InputError  # noqa: E402
 from instructgen.train.data import LlavaDataset, read_records  # noqa: E402
-from instructgen.train.loop import TrainConfig  # noqa: E402
+from instructgen.train.loop import TrainConfig, train  # noqa: E402
 from instructgen.train.model import (  # noqa: E402
     Towers,
     add_lora,
@@ -187,3 +187,23 @@ def test_gradient_checkpointing_keeps_one_layer_input_per_layer_instead_of_all_a
 def test_hours_need_both_gpu_tflops_and_mfu(towers, test_data, tmp_path):
     with pytest.raises(InputError, match="give both --gpu-tflops and --mfu"):
         plan_run(config(towers, test_data, tmp_path), gpu_tflops=989)
+
+
+def test_a_gpu_of_no_speed_or_no_memory_is_an_error_not_negative_hours(towers, test_data, tmp_path):
+    cfg = config(towers, test_data, tmp_path)
+    with pytest.raises(InputError, match="--gpu-tflops must be more than 0"):
+        plan_run(cfg, gpu_tflops=-989, mfu=0.4)
+    with pytest.raises(InputError, match="--gpu-memory-gb must be more than 0"):
+        plan_run(cfg, gpu_memory_gb=0)
+
+
+@pytest.mark.parametrize("extra", [{"lora_rank": 4}, {"freeze_llm": True}], ids=["lora", "freeze"])
+def test_stage_2_options_in_stage_1_are_refused_by_plan_and_trainer(
+    towers, test_data, tmp_path, extra
+):
+    # stage 1 would otherwise wrap the LLM in adapters the plan does not count
+    cfg = config(towers, test_data, tmp_path, stage=1, **extra)
+    with pytest.raises(InputError, match="are stage-2 options"):
+        plan_run(cfg)
+    with pytest.raises(InputError, match="are stage-2 options"):
+        train(cfg, echo=lambda _: None)

@@ -323,3 +323,21 @@ def test_resume_with_other_towers_is_a_clear_error(checkpointed, towers, test_da
     cfg = run_config(towers, test_data, checkpointed, llm=str(moved))
     with pytest.raises(InputError, match=r"checkpoint-1: trained with .* resume with the same"):
         train(cfg, echo=lambda _: None)
+
+
+def test_resume_with_another_batch_size_is_a_clear_error_not_a_shifted_data_order(
+    checkpointed, towers, test_data
+):
+    cfg = run_config(towers, test_data, checkpointed, global_batch=4)
+    with pytest.raises(InputError, match=r"checkpoint-1: this run changes global_batch 8 -> 4"):
+        train(cfg, echo=lambda _: None)
+
+
+def test_checkpoint_rotation_leaves_a_users_copy_of_a_checkpoint_alone(
+    checkpointed, towers, test_data, tmp_path
+):
+    out = tmp_path / "run"
+    shutil.copytree(checkpointed / "checkpoint-1", out / "checkpoint-1.bak")  # a user's backup
+    train(run_config(towers, test_data, out, max_steps=3), echo=lambda _: None)
+    assert [p.name for p in out.glob("checkpoint-*[0-9]")] == ["checkpoint-2"]
+    assert (out / "checkpoint-1.bak" / "trained.safetensors").is_file()

@@ -82,12 +82,14 @@ def render(
     images: Path | None = typer.Option(
         None, help="inline mode: the folder holding the images' files (e.g. COCO train2017/)."
     ),
-    image_max_side: int = typer.Option(
-        DEFAULT_MAX_SIDE,
-        help="inline mode: shrink each image so its longest side is at most this (px).",
+    image_max_side: int | None = typer.Option(
+        None,
+        help="inline mode: shrink each image so its longest side is at most this (px). "
+        f"Default {DEFAULT_MAX_SIDE}.",
     ),
-    image_detail: str = typer.Option(
-        DEFAULT_DETAIL, help="The image_url detail asked of the API: low, high or auto."
+    image_detail: str | None = typer.Option(
+        None,
+        help=f"The image_url detail asked of the API: low, high or auto. Default {DEFAULT_DETAIL}.",
     ),
 ) -> None:
     """Contexts -> OpenAI Batch API request lines, one per image and task.
@@ -101,10 +103,19 @@ def render(
     from instructgen.render import render_requests
 
     image_input = None
-    if image == "none" and (image_base_url or images):
-        raise InstructgenError("--image-base-url and --images need --image url or inline")
+    image_options = (image_base_url, images, image_detail, image_max_side)
+    if image == "none" and any(o is not None for o in image_options):
+        raise InstructgenError(
+            "--image-base-url, --images, --image-detail and --image-max-side need --image url "
+            "or inline (without --image, requests are text only)"
+        )
+    if image == "url" and image_max_side is not None:
+        raise InstructgenError("--image-max-side is for --image inline; url mode sends addresses")
+    image_detail = image_detail or DEFAULT_DETAIL
     if image != "none":
-        image_input = ImageInput(image, image_detail, image_base_url, images, image_max_side)
+        image_input = ImageInput(
+            image, image_detail, image_base_url, images, image_max_side or DEFAULT_MAX_SIDE
+        )
     task_list = tuple(t.strip() for t in tasks.split(",") if t.strip())
     s = render_requests(
         contexts,

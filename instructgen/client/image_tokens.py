@@ -1,12 +1,13 @@
 """Prompt tokens of an image input, by OpenAI's published formulas; which models see images.
 
 Two formulas are published (OpenAI, "Images and vision", calculating costs):
-- tiles (GPT-4o, GPT-4.1, GPT-4 Turbo; GPT-4o mini with larger constants): `low` detail costs
-  the base tokens; `high` fits the image within 2048 x 2048, shrinks it so that its shortest
-  side is at most 768 px (smaller images are not enlarged), and costs the base tokens plus
-  the tile tokens per 512-px tile that covers it;
-- patches (GPT-4.1 mini and nano): 32-px patches that cover the image, at most 1,536 (a larger
-  image is shrunk to fit), times a per-model multiplier; the detail level does not enter.
+- tiles (GPT-4o, GPT-4.1, GPT-4.5, GPT-4 Turbo; GPT-5, o1, o3 and GPT-4o mini with their
+  own constants): `low` detail costs the base tokens; `high` fits the image within 2048 x
+  2048, shrinks it so that its shortest side is at most 768 px (smaller images are not
+  enlarged), and costs the base tokens plus the tile tokens per 512-px tile that covers it;
+- patches (GPT-4.1 mini and nano, GPT-5 mini and nano, o4-mini): 32-px patches that cover
+  the image, at most 1,536 (a larger image is shrunk to fit), times a per-model multiplier;
+  the detail level does not enter.
 `auto` lets the provider choose, so it is counted as `high`, the most it can cost. Models with
 no published constants get None (shown as `unknown`), never a guess.
 """
@@ -43,6 +44,15 @@ IMAGE_RULES: dict[str, TileRule | PatchRule | None] = {
     "gpt-4.1": TileRule(85, 170),
     "gpt-4.1-mini": PatchRule(1.62),
     "gpt-4.1-nano": PatchRule(2.46),
+    "gpt-4.5": TileRule(85, 170),
+    "gpt-5": TileRule(70, 140),
+    "gpt-5-mini": PatchRule(1.62),
+    "gpt-5-nano": PatchRule(2.46),
+    "o1": TileRule(75, 150),
+    "o1-pro": TileRule(75, 150),
+    "o3": TileRule(75, 150),
+    "o4-mini": PatchRule(1.72),
+    "computer-use-preview": TileRule(65, 129),
     "gpt-4-turbo": TileRule(85, 170),
     "gpt-4-vision-preview": TileRule(85, 170),
     "gpt-4-1106-vision-preview": TileRule(85, 170),
@@ -52,6 +62,9 @@ IMAGE_RULES: dict[str, TileRule | PatchRule | None] = {
     "gpt-4-1106-preview": None,
     "gpt-4-0125-preview": None,
     "gpt-3.5-turbo": None,
+    "o1-mini": None,
+    "o1-preview": None,
+    "o3-mini": None,
 }
 
 
@@ -69,12 +82,15 @@ def takes_images(model: str) -> bool | None:
     return (rule is not None) if known else None
 
 
-def image_tokens(model: str, width: int, height: int, detail: str) -> int | None:
-    """Prompt tokens of one `width` x `height` pixel image; None where nothing is published."""
+def image_tokens(model: str, width: int | None, height: int | None, detail: str) -> int | None:
+    """Prompt tokens of one `width` x `height` pixel image; None where nothing is published,
+    or where the size is needed and not known (None): `low` detail on a tiled model is not."""
     _, rule = _rule(model)
+    if isinstance(rule, TileRule) and detail == "low":
+        return rule.base
+    if width is None or height is None:
+        return None
     if isinstance(rule, TileRule):
-        if detail == "low":
-            return rule.base
         return rule.base + rule.tile * tiles(width, height)
     if isinstance(rule, PatchRule):
         return round(patches(width, height) * rule.multiplier)

@@ -507,7 +507,7 @@ def get_record(conn: sqlite3.Connection, key: str) -> RecordView:
         rescued=bool(review and review.rescue is not None),
         context=context,
         image=str(image or _image_name(row["image_id"], context.file_name if context else None)),
-        image_mode=original.get("image_mode") if not quarantined else None,
+        image_mode=original.get("image_mode"),
     )
 
 

@@ -214,8 +214,20 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     step, epoch, skip = 0, 0, 0
     checkpoint = _latest_checkpoint(out) if cfg.resume else None
+    # What fixes the data order and the learning rate of every step: a resume must keep it.
+    schedule = {
+        "records": len(dataset),
+        "seed": cfg.seed,
+        "global_batch": global_batch,
+        "micro_batch": cfg.micro_batch,
+        "devices": processes,
+        "steps": total_steps,
+        "lr": lr,
+        "warmup_ratio": cfg.warmup_ratio,
+    }
     if checkpoint:
         _check_same_towers(checkpoint, meta)
+        _check_same_schedule(checkpoint, schedule)
         accelerator.load_state(str(checkpoint), **_deepspeed_kwargs(accelerator, "load"))
         state = read_json(checkpoint / STATE_FILE)
         step, epoch, skip = state["step"], state["epoch"], state["batches_in_epoch"]
@@ -281,7 +293,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
                 if accelerator.is_main_process:
                     _append_log(out / LOG_FILE, last)
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, out, meta, step, epoch, seen)
+                _save_checkpoint(accelerator, out, meta, schedule, step, epoch, seen)
             if step >= total_steps:
                 break
         else:
@@ -337,6 +349,10 @@ def trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
     template = cfg.template or recipe.template
     if template not in TEMPLATES:
         raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    if cfg.stage == 1 and (cfg.lora_rank or cfg.freeze_llm):
+        raise InputError(
+            "--lora-rank and --freeze-llm are stage-2 options: stage 1 trains the projector only"
+        )
     if cfg.stage == 2 and cfg.projector_from is not None:
         before = read_trained_with(cfg.projector_from)
         return TrainedWith(
@@ -387,8 +403,13 @@ def _append_log(path: Path, row: dict) -> None:
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).is_file()]
+    found = [p for p in _checkpoints(out) if (p / STATE_FILE).is_file()]
     return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """The trainer's own `checkpoint-<step>` folders (not a user's `checkpoint-500-copy`)."""
+    return [p for p in out.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
 
 
 def _keep_checkpoints_lean(accelerator, model) -> None:
@@ -474,8 +495,27 @@ def _drop_log_rows_after(path: Path, step: int) -> None:
         f.write("".join(line + "\n" for line in kept))
 
 
+def _check_same_schedule(checkpoint: Path, schedule: dict) -> None:
+    """The data position and lr schedule of a checkpoint mean nothing under other settings."""
+    saved = read_json(checkpoint / STATE_FILE).get("schedule", schedule)
+    changed = [f"{k} {saved.get(k)} -> {v}" for k, v in schedule.items() if saved.get(k) != v]
+    if changed:
+        raise InputError(
+            f"{checkpoint}: this run changes {', '.join(changed)}, so the data order or the "
+            "learning rate would not continue; resume with the checkpoint's settings "
+            "(--batch-size, --micro-batch-size, --max-steps, --epochs, --lr, --warmup-ratio, "
+            "--seed, the data and the devices), or use a new -o folder"
+        )
+
+
 def _save_checkpoint(
-    accelerator, out: Path, meta: TrainedWith, step: int, epoch: int, batches_in_epoch: int
+    accelerator,
+    out: Path,
+    meta: TrainedWith,
+    schedule: dict,
+    step: int,
+    epoch: int,
+    batches_in_epoch: int,
 ) -> None:
     """Save trained tensors, optimizer, scheduler, RNG and data position; keep only the newest.
 
@@ -486,9 +526,14 @@ def _save_checkpoint(
     if accelerator.is_main_process:
         write_json(directory / META_FILE, asdict(meta), indent=2)
         # The state file is written last: a checkpoint without it is incomplete and ignored.
-        state = {"step": step, "epoch": epoch, "batches_in_epoch": batches_in_epoch}
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "batches_in_epoch": batches_in_epoch,
+            "schedule": schedule,
+        }
         write_json(directory / STATE_FILE, state)
-        for old in out.glob("checkpoint-*"):
+        for old in _checkpoints(out):
             if old != directory:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -174,6 +174,10 @@ def plan_run(
         raise InputError(f"--gpus must be at least 1, got {gpus}")
     if (gpu_tflops is None) != (mfu is None) or (mfu is not None and not 0 < mfu <= 1):
         raise InputError("give both --gpu-tflops and --mfu (a share between 0 and 1), or neither")
+    if gpu_tflops is not None and gpu_tflops <= 0:
+        raise InputError(f"--gpu-tflops must be more than 0, got {gpu_tflops:g}")
+    if gpu_memory_gb <= 0:
+        raise InputError(f"--gpu-memory-gb must be more than 0, got {gpu_memory_gb:g}")
     meta = _planned_towers(cfg)
     global_batch = cfg.global_batch or recipe.global_batch
     epochs = cfg.epochs if cfg.epochs is not None else recipe.epochs
@@ -412,7 +416,7 @@ def _fit(setting, params, shape, zero, gpus, gpu_memory_gb, bf16, cfg, seq_len) 
     if setting.lora_rank and zero == 3:
         return Fit(setting.name, zero, gpus, gpu_memory_gb, None, False)
     global_batch = cfg.global_batch or RECIPES[cfg.stage].global_batch
-    accum = max(1, global_batch // (cfg.micro_batch * gpus))
+    accum = accumulation(global_batch, cfg.micro_batch, gpus)
     need = memory_per_gpu(
         params, setting, shape, zero, gpus, bf16, cfg.micro_batch, accum, seq_len,
         cfg.gradient_checkpointing,
