@@ -11,35 +11,20 @@ from rich.console import Console
 from instructgen.cli.app import app, console
 from instructgen.cli.generate import estimate_line
 from instructgen.cli.generate import run as run_command
-from instructgen.client import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_POLL_INTERVAL_S,
-    DEFAULT_RPM,
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_TPM,
+from instructgen.cli.options import (
+    BATCH_API,
+    DRY_RUN,
+    HEDGE,
+    MAX_ATTEMPTS,
+    MAX_IN_FLIGHT,
+    POLL_INTERVAL,
+    RPM,
+    TIMEOUT,
+    TPM,
 )
 from instructgen.errors import InstructgenError
 
-# --- the batch client's options, as `run` has them ---
-
 JOURNAL = typer.Option(None, "--journal", help="SQLite journal of the requests (for resume).")
-RPM = typer.Option(DEFAULT_RPM, "--rpm", min=1, help="Requests per minute budget.")
-TPM = typer.Option(DEFAULT_TPM, "--tpm", min=1, help="Tokens per minute budget.")
-MAX_IN_FLIGHT = typer.Option(
-    DEFAULT_MAX_IN_FLIGHT, "--max-in-flight", min=1, help="Most requests awaiting an answer."
-)
-MAX_ATTEMPTS = typer.Option(
-    DEFAULT_MAX_ATTEMPTS, "--max-attempts", min=1, help="Attempts per request."
-)
-TIMEOUT = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", min=0.001, help="Seconds per answer.")
-BATCH_API = typer.Option(
-    False, "--batch-api", help="Through the OpenAI Batch API (half price, within 24 h)."
-)
-POLL_INTERVAL = typer.Option(
-    DEFAULT_POLL_INTERVAL_S, "--poll-interval", min=0.001, help="Seconds between batch polls."
-)
-DRY_RUN = typer.Option(False, "--dry-run", help="Print the cost estimate; send nothing.")
 
 
 def _sender(
@@ -53,6 +38,7 @@ def _sender(
     batch_api: bool,
     poll_interval: float,
     dry_run: bool,
+    hedge: bool,
 ) -> Callable[[Path, Path], bool]:
     """`send(requests, responses)`: the cost estimate, then `run` on a request file (its
     summary after); False when it only estimated (--dry-run)."""
@@ -71,7 +57,7 @@ def _sender(
             requests, output=responses, journal=journal, backend="openai", base_url=base_url,
             rpm=rpm, tpm=tpm, max_in_flight=max_in_flight, max_attempts=max_attempts,
             timeout=timeout, dry_run=False, batch_api=batch_api, poll_interval=poll_interval,
-            resend_changed=False,
+            resend_changed=False, hedge=hedge,
         )  # fmt: skip
         return True
 
@@ -130,6 +116,7 @@ def answer(
     batch_api: bool = BATCH_API,
     poll_interval: float = POLL_INTERVAL,
     dry_run: bool = DRY_RUN,
+    hedge: bool = HEDGE,
 ) -> None:
     """Answer a questions file with a checkpoint or an endpoint; a rerun skips what is answered.
 
@@ -144,7 +131,7 @@ def answer(
 
         send = _sender(
             journal or endpoint_files(output)[2], base_url, rpm, tpm, max_in_flight,
-            max_attempts, timeout, batch_api, poll_interval, dry_run,
+            max_attempts, timeout, batch_api, poll_interval, dry_run, hedge,
         )  # fmt: skip
         stats = answer_with_endpoint(
             items, images, output, model_id or model, temperature, max_new_tokens, send
@@ -274,6 +261,7 @@ def judge(
     batch_api: bool = BATCH_API,
     poll_interval: float = POLL_INTERVAL,
     dry_run: bool = DRY_RUN,
+    hedge: bool = HEDGE,
 ) -> None:
     """Score candidate answers against reference answers with a text-only GPT judge.
 
@@ -310,7 +298,7 @@ def judge(
     console.print(f"judge: {n:,} requests for {len(pairs):,} questions -> {requests}")
     send = _sender(
         output / "journal.sqlite", base_url, rpm, tpm, max_in_flight, max_attempts, timeout,
-        batch_api, poll_interval, dry_run,
+        batch_api, poll_interval, dry_run, hedge,
     )  # fmt: skip
     if not send(requests, responses):
         if missing:

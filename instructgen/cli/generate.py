@@ -10,13 +10,16 @@ import typer
 from rich.console import Console
 
 from instructgen.cli.app import app, console
-from instructgen.client import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_POLL_INTERVAL_S,
-    DEFAULT_RPM,
-    DEFAULT_TIMEOUT_S,
-    DEFAULT_TPM,
+from instructgen.cli.options import (
+    BATCH_API,
+    DRY_RUN,
+    HEDGE,
+    MAX_ATTEMPTS,
+    MAX_IN_FLIGHT,
+    POLL_INTERVAL,
+    RPM,
+    TIMEOUT,
+    TPM,
 )
 from instructgen.errors import InstructgenError
 from instructgen.images import DEFAULT_DETAIL, DEFAULT_MAX_SIDE
@@ -196,13 +199,6 @@ def _contexts_beside(requests: Path) -> Path | None:
 # --- run (batch client) ---
 
 
-def _seconds(value: float) -> float:
-    """A duration option: more than 0 seconds."""
-    if value <= 0:
-        raise typer.BadParameter(f"must be more than 0 seconds, not {value:g}")
-    return value
-
-
 def estimate_line(est, rpm: int, tpm: int) -> str:
     """What a run would send and cost, at most, and how long it takes at these budgets."""
     cost = "unknown (no price for the model)"
@@ -236,55 +232,20 @@ def run(
         help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM, llama.cpp, "
         "Ollama); default https://api.openai.com/v1.",
     ),
-    rpm: int = typer.Option(
-        DEFAULT_RPM,
-        min=1,
-        help="Requests per minute budget (GPT-4o, OpenAI usage tier 2); lowered to the "
-        "server's x-ratelimit-limit-requests when that is less.",
-    ),
-    tpm: int = typer.Option(
-        DEFAULT_TPM,
-        min=1,
-        help="Tokens per minute budget (GPT-4o, tier 2); a request costs its prompt "
-        "tokens plus max_tokens. Lowered to x-ratelimit-limit-tokens when that is less.",
-    ),
-    max_in_flight: int = typer.Option(
-        DEFAULT_MAX_IN_FLIGHT,
-        min=1,
-        help="Most requests awaiting an answer at once (also the most a kill -9 "
-        "can make you pay twice).",
-    ),
-    max_attempts: int = typer.Option(
-        DEFAULT_MAX_ATTEMPTS,
-        min=1,
-        help="Attempts per request before it is written as a failed line.",
-    ),
-    timeout: float = typer.Option(
-        DEFAULT_TIMEOUT_S, callback=_seconds, help="Seconds to wait for one answer."
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the token and cost estimate; send nothing."
-    ),
-    batch_api: bool = typer.Option(
-        False,
-        "--batch-api",
-        help="Run the job through the OpenAI Batch API (half price, "
-        "results within 24 h); rerun to resume polling.",
-    ),
-    poll_interval: float = typer.Option(
-        DEFAULT_POLL_INTERVAL_S, callback=_seconds, help="Seconds between Batch API status polls."
-    ),
+    rpm: int = RPM,
+    tpm: int = TPM,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    max_attempts: int = MAX_ATTEMPTS,
+    timeout: float = TIMEOUT,
+    dry_run: bool = DRY_RUN,
+    batch_api: bool = BATCH_API,
+    poll_interval: float = POLL_INTERVAL,
     resend_changed: bool = typer.Option(
         False,
         help="Send again done requests whose line changed in the requests file "
         "(otherwise such a change is an error).",
     ),
-    hedge: bool = typer.Option(
-        True,
-        help="At the tail of the run, send a call once more when it takes over 3x the usual "
-        "answer time (and over 1 s), so one stalled request does not hold the run; the "
-        "stalled call may still be billed.",
-    ),
+    hedge: bool = HEDGE,
 ) -> None:
     """Send requests.jsonl within rate limits, retrying faults; resumable from the journal."""
     from instructgen.client import runner
