@@ -222,21 +222,21 @@ def engines() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         mixed = Path(tmp) / "mixed.tsv"
         mixed_captions(mixed)
-        inputs = {f"{CC3M.name} (15,833 real)": CC3M, f"{MIXED_CAPTIONS:,} mixed real": mixed}
+        inputs = {"15,833 real": CC3M, f"{MIXED_CAPTIONS:,} mixed": mixed}
         for name, captions in inputs.items():
             runs = {}
             for engine in ("local", "ray", "ray again"):
-                out = Path(tmp) / name.split()[0] / engine.split()[0]
+                out = Path(tmp) / name.split()[1] / engine.split()[0]
                 runs[engine] = s = filter_cc3m(
                     captions, out, workers=WORKERS, engine=engine.split()[0]
                 )
                 label = {"local": "local", "ray": "ray", "ray again": "ray rerun (parses nothing)"}
                 print(
-                    f"{name[:16] + ', ' + label[engine]:44s}{s.seconds:9.1f}{s.parse_seconds:9.1f}"
+                    f"{name + ', ' + label[engine]:44s}{s.seconds:9.1f}{s.parse_seconds:9.1f}"
                     f"{s.seconds - s.parse_seconds:9.1f}{s.seconds / runs['local'].seconds:8.2f}x"
                     f"{os.getloadavg()[0]:6.1f}"
                 )
-            root = Path(tmp) / name.split()[0]
+            root = Path(tmp) / name.split()[1]
             assert all(
                 (root / "local" / n).read_bytes() == (root / "ray" / n).read_bytes()
                 for n in ("cc3m_filtered.jsonl", "pretrain.json", "np_stats.json")
