@@ -57,7 +57,7 @@ from instructgen.errors import InstructgenError
 from instructgen.files import read_json, write_json
 
 PHRASES_DIR = "np_phrases"  # the parsed rows, parquet; np_phrases.json says what they parsed
-PHRASES_FORMAT = "row-ordered parts"  # part-NNNNNN.parquet, in row order
+PHRASES_FORMAT = "row-ordered parts"  # part-NNNNNNNNN.parquet, in row order
 PREFIX_FACTOR = 10  # rows per frequent phrase sent to the driver, in units of max_per_phrase
 PIECES_PER_WORKER = 4  # a small TSV is cut finer so that every actor gets work
 MIN_PIECE_BYTES = 64 << 10
@@ -181,7 +181,7 @@ def _parsed_blocks(ray, source, out_dir: Path, model: str, workers: int, summary
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     write = ray.remote(_write_part)
-    ray.get([write.remote(b, str(staging / f"part-{i:06d}.parquet")) for i, b in enumerate(blocks)])
+    ray.get([write.remote(b, str(staging / f"part-{i:09d}.parquet")) for i, b in enumerate(blocks)])
     shutil.rmtree(table_dir, ignore_errors=True)
     staging.rename(table_dir)
     write_json(manifest, wanted)
