@@ -7,14 +7,16 @@
    noun phrases of both are checked equal; the time for 3.3M captions is projected.
 2. Selection on synthetic phrase lists the size of CC3M (3.3M captions, Zipf-distributed
    phrases): `select_pool` against a plain-Python walk, both on a tenth, ours also at full size.
-3. Engines (with the [ray] extra): `cc3m` on all real validation captions, local against ray
-   (Ray started before the clock, as a cluster would be), fresh outputs; the overhead ratio.
+3. Engines (with the [ray] extra): `cc3m`, local against ray (Ray started before the clock,
+   as a cluster would be), fresh outputs, on all real validation captions and on 100K
+   distinct captions mixed from them; the overhead ratio of each, side by side.
 4. The ray engine's driver at 3.3M and 33M synthetic captions: a child process turns the
    synthetic phrase lists into the count's records with the engine's own partition function
    (as the workers would) and writes them to parquet; a second child, the driver, gathers them,
    walks and orders the phrases for the stats; its peak RSS and time are reported.
 
-Run: .venv/bin/python benchmarks/cc3m.py  (a few minutes; figures go to stdout)
+Run: .venv/bin/python benchmarks/cc3m.py  (a quarter of an hour; figures go to stdout);
+`--engines` runs section 3 alone.
 """
 
 from __future__ import annotations
@@ -178,6 +180,27 @@ def main() -> None:
     driver_at_scale()
 
 
+MIXED_CAPTIONS = 100_000  # the larger engine input: distinct captions mixed from real ones
+
+
+def mixed_captions(path: Path, size: int = MIXED_CAPTIONS) -> None:
+    """A TSV of `size` distinct captions, each the first half of one real validation caption's
+    words and the second half of another's (fixed pairs), so lengths and
+    vocabulary stay those of CC3M and every caption must be parsed."""
+    real = unique_captions()
+    seen: dict[str, None] = {}
+    i = 0
+    while len(seen) < size:
+        lap, first = divmod(i, len(real))  # lap k pairs each caption with the (k+1)-th next
+        a, b = real[first].split(), real[(first + lap + 1) % len(real)].split()
+        seen.setdefault(" ".join(a[: (len(a) + 1) // 2] + b[len(b) // 2 :]), None)
+        i += 1
+    path.write_text(
+        "".join(f"{c}\thttp://example.com/{n}.jpg\n" for n, c in enumerate(seen)),
+        encoding="utf-8",
+    )
+
+
 def engines() -> None:
     try:
         import ray
@@ -191,36 +214,39 @@ def engines() -> None:
     started = time.perf_counter()
     ray.init(num_cpus=WORKERS, include_dashboard=False, logging_level=logging.WARNING)
     t_init = time.perf_counter() - started
-    print(f"\nengines: cc3m on {CC3M.name}, {WORKERS} workers, Ray start {t_init:.1f} s (apart)")
+    print(
+        f"\nengines: cc3m, {WORKERS} workers each, Ray start {t_init:.1f} s (apart), fresh outputs"
+    )
+    print(f"{'':44s}{'seconds':>9s}{'parse s':>9s}{'rest s':>9s}{'vs local':>9s}{'load':>6s}")
+    ratios = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {}
-        for engine in ("local", "ray", "ray again"):
-            out = Path(tmp) / engine.split()[0]
-            runs[engine] = filter_cc3m(CC3M, out, workers=WORKERS, engine=engine.split()[0])
-        same = all(
-            (Path(tmp) / "local" / n).read_bytes() == (Path(tmp) / "ray" / n).read_bytes()
-            for n in ("cc3m_filtered.jsonl", "pretrain.json", "np_stats.json")
-        )
+        mixed = Path(tmp) / "mixed.tsv"
+        mixed_captions(mixed)
+        inputs = {"15,833 real": CC3M, f"{MIXED_CAPTIONS:,} mixed": mixed}
+        for name, captions in inputs.items():
+            runs = {}
+            for engine in ("local", "ray", "ray again"):
+                out = Path(tmp) / name.split()[1] / engine.split()[0]
+                runs[engine] = s = filter_cc3m(
+                    captions, out, workers=WORKERS, engine=engine.split()[0]
+                )
+                label = {"local": "local", "ray": "ray", "ray again": "ray rerun (parses nothing)"}
+                print(
+                    f"{name + ', ' + label[engine]:44s}{s.seconds:9.1f}{s.parse_seconds:9.1f}"
+                    f"{s.seconds - s.parse_seconds:9.1f}{s.seconds / runs['local'].seconds:8.2f}x"
+                    f"{os.getloadavg()[0]:6.1f}"
+                )
+            root = Path(tmp) / name.split()[1]
+            assert all(
+                (root / "local" / n).read_bytes() == (root / "ray" / n).read_bytes()
+                for n in ("cc3m_filtered.jsonl", "pretrain.json", "np_stats.json")
+            ), "the engines wrote different outputs"
+            ratios[name] = runs["ray"].seconds / runs["local"].seconds
     ray.shutdown()
-    assert same, "the engines wrote different outputs"
-    base = runs["local"].seconds
-    print(f"{'':36s}{'seconds':>9s}{'parse s':>9s}{'rest s':>9s}{'vs local':>9s}")
-    for name, s in runs.items():
-        label = {
-            "local": "local engine",
-            "ray": "ray engine",
-            "ray again": "ray, rerun (parses nothing)",
-        }
-        print(
-            f"{label[name]:36s}{s.seconds:9.1f}{s.parse_seconds:9.1f}"
-            f"{s.seconds - s.parse_seconds:9.1f}{s.seconds / base:8.2f}x"
-        )
-    print(f"outputs identical: yes; overhead ratio ray/local: {runs['ray'].seconds / base:.2f}x")
-    # Ray's actors parse at the local rate (Ray Data's stats say so); the difference is actor
-    # start-up and the count's shuffle, taken here as fixed to project the ratio at CC3M size
-    local_full = CC3M_SIZE * base / runs["local"].rows
-    overhead = runs["ray"].seconds - base
-    print(f"projected for {CC3M_SIZE:,} captions: {(local_full + overhead) / local_full:.2f}x")
+    print(
+        "outputs identical: yes; overhead ratio ray/local: "
+        + ", ".join(f"{ratio:.2f}x on {name}" for name, ratio in ratios.items())
+    )
 
 
 DRIVER_SIZES = (CC3M_SIZE, 10 * CC3M_SIZE)
@@ -318,5 +344,7 @@ if __name__ == "__main__":
         write_records(int(sys.argv[2]), Path(sys.argv[3]))
     elif sys.argv[1:2] == ["--driver"]:
         drive(int(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1:2] == ["--engines"]:
+        engines()
     else:
         main()

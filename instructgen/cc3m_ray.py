@@ -1,21 +1,25 @@
-"""The CC3M filter on Ray Data (extra `[ray]`): parsing and counting on the engine; the
-selection and the writers are the local engine's (cc3m.py), so both write the same bytes.
+"""The CC3M filter on Ray (extra `[ray]`): parsing and counting on the engine; the selection
+and the writers are the local engine's (cc3m.py), so both write the same bytes.
 
 The stages (local mode on a laptop runs the same code as a cluster):
-1. read: one task per input piece (a TSV byte range, a parquet row group) gives rows
+1. read: one Ray Data task per input piece (a TSV byte range, a parquet row group) gives rows
    (row, id, caption, url, bad), exactly as the local engine reads them;
-2. parse: an actor pool, one spaCy pipeline per actor (loaded in the actor, never pickled),
-   `nlp.pipe` over the distinct captions of each batch; the rows with their phrases are
-   written as parquet to OUT/np_phrases/, which a rerun on the same input and model reads
-   instead of parsing;
-3. count: one hash shuffle of (phrase, row) records gives each phrase's frequency and the
-   rows the driver needs: all rows of a kept phrase of at most `max_per_phrase` rows (they all
-   join), and the first PREFIX_FACTOR x `max_per_phrase` rows in sample-key order of a
-   frequent one; the same pass counts distinct captions and gathers the bad rows;
+2. parse: a Ray Data actor pool, one spaCy pipeline per actor (loaded in the actor, never
+   pickled), `nlp.pipe` over the distinct captions of each batch. The execution keeps input
+   order, so its blocks, kept in the object store for the stages below, hold the rows in
+   order; they are also written as numbered parquet parts to OUT/np_phrases/, which a rerun on
+   the same input and model reads instead of parsing;
+3. count: one hash shuffle in Ray tasks over runs of consecutive blocks (one partition per
+   ROWS_PER_PARTITION rows, so a small input is grouped by a single task) of (phrase, row)
+   records gives each phrase's frequency and the rows the driver needs: all rows of a kept
+   phrase of at most `max_per_phrase` rows (they all join), and the first PREFIX_FACTOR x
+   `max_per_phrase` rows in sample-key order of a frequent one; the same pass counts distinct
+   captions and gathers the bad rows;
 4. select, on the driver: the shared walk; a frequent phrase whose prefix runs out of fresh
    rows fetches the rest of its rows from the engine, so the pool stays exact;
-5. the pool, sorted by row on the engine, streams to the shared writers through the driver,
-   which counts the pool's phrases on the way.
+5. the pool: one task per run of blocks keeps the pooled rows; the driver takes the runs in
+   order (no sort: the blocks are in row order), streams them to the shared writers and counts
+   the pool's phrases on the way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import os
 import shutil
 import sys
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,10 +57,11 @@ from instructgen.errors import InstructgenError
 from instructgen.files import read_json, write_json
 
 PHRASES_DIR = "np_phrases"  # the parsed rows, parquet; np_phrases.json says what they parsed
+PHRASES_FORMAT = "row-ordered parts"  # part-NNNNNNNNN.parquet, in row order
 PREFIX_FACTOR = 10  # rows per frequent phrase sent to the driver, in units of max_per_phrase
 PIECES_PER_WORKER = 4  # a small TSV is cut finer so that every actor gets work
 MIN_PIECE_BYTES = 64 << 10
-ROWS_PER_PARTITION = 1_000_000  # input rows per hash partition of a shuffle (Ray's default: 200)
+ROWS_PER_PARTITION = 1_000_000  # input rows per partition of the count's shuffle
 
 
 def import_ray():
@@ -76,7 +83,7 @@ def filter_on_ray(
     workers: int | None,
     address: str | None,
 ) -> FilterSummary:
-    """The filter with parsing and counting on Ray Data; `address` names a running cluster
+    """The filter with parsing and counting on Ray; `address` names a running cluster
     (`auto`, `ray://HOST:PORT`), None starts Ray on this machine. `workers`: parse actors
     (default: the cluster's CPUs)."""
     ray = import_ray()
@@ -93,6 +100,7 @@ def filter_on_ray(
     context = ray.data.DataContext.get_current()
     context.print_on_execution_start = False
     context.enable_progress_bars = sys.stderr.isatty()  # bars on a terminal, not in logs
+    context.execution_options.preserve_order = True  # the parsed blocks come in row order
     try:
         workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         source = open_source(inputs, piece_bytes=_piece_bytes(inputs, workers))
@@ -100,14 +108,12 @@ def filter_on_ray(
             model=model_key(options.model), layout=source.description, engine="ray"
         )
         summary.rows = source.rows or 0
-        parsed = _parsed_rows(ray, source, out_dir, options.model, workers, summary)
+        blocks = _parsed_blocks(ray, source, out_dir, options.model, workers, summary)
         summary.parse_seconds = time.perf_counter() - started
-        counts = _count_and_select(parsed, summary, options, _partitions(summary.rows, workers))
-        pool = parsed.map_batches(
-            _pooled_only, fn_kwargs={"pooled": ray.put(counts.pooled)}, batch_format="pyarrow"
-        )
+        runs = _runs(blocks, _partitions(summary.rows))
+        counts = _count_and_select(ray, runs, summary, options)
         after = np.zeros(len(counts.phrases), np.int64)
-        pool_rows = _pool_rows(pool, counts.phrases, after)
+        pool_rows = _pool_rows(ray, runs, counts, workers, after)
         write_outputs(
             out_dir, options, summary, counts.phrases, counts.freq, lambda: after, pool_rows
         )
@@ -117,9 +123,16 @@ def filter_on_ray(
     return summary
 
 
-def _partitions(rows: int, workers: int) -> int:
-    """Hash partitions of a shuffle: one per ROWS_PER_PARTITION rows, at least one per worker."""
-    return max(workers, rows // ROWS_PER_PARTITION)
+def _partitions(rows: int) -> int:
+    """Partitions of the count's shuffle: one per ROWS_PER_PARTITION rows, at least one."""
+    return max(1, -(-rows // ROWS_PER_PARTITION))
+
+
+def _runs(blocks: list, partitions: int) -> list[list]:
+    """The blocks cut into `partitions` runs of consecutive blocks (fewer if there are fewer
+    blocks): one shuffle-map, fetch or pool task each."""
+    cuts = np.linspace(0, len(blocks), min(partitions, len(blocks)) + 1).astype(int)
+    return [blocks[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def _piece_bytes(inputs: Sequence[Path | str], workers: int) -> int:
@@ -130,43 +143,61 @@ def _piece_bytes(inputs: Sequence[Path | str], workers: int) -> int:
 # --- read and parse --------------------------------------------------------------------------
 
 
-def _parsed_rows(ray, source, out_dir: Path, model: str, workers: int, summary: FilterSummary):
-    """The dataset of parsed rows (row, id, caption, url, bad, phrases), from OUT/np_phrases/
-    when it holds this input's parse by this model, else parsed now and written there."""
+def _parsed_blocks(ray, source, out_dir: Path, model: str, workers: int, summary: FilterSummary):
+    """References to the parsed rows (row, id, caption, url, bad, phrases) as Arrow blocks in
+    row order: read from OUT/np_phrases/ when it holds this input's parse by this model, else
+    parsed now and written there."""
     table_dir = out_dir / PHRASES_DIR
     manifest = out_dir / f"{PHRASES_DIR}.json"
-    wanted = {"model": summary.model, "input": source.fingerprint()}
+    wanted = {"model": summary.model, "input": source.fingerprint(), "format": PHRASES_FORMAT}
     reuse = manifest.is_file() and table_dir.is_dir() and read_json(manifest) == wanted
-    if not reuse:
-        manifest.unlink(missing_ok=True)
-        pieces = ray.data.from_items(
-            [{"piece": i} for i in range(len(source.pieces))],
-            override_num_blocks=len(source.pieces),
-        )
-        rows = pieces.map_batches(
-            _read_pieces,
-            fn_kwargs={"pieces": source.pieces},
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=0,  # light next to parsing: reading must not wait for the actors' CPUs
-        )
-        parsed = rows.map_batches(
-            PhraseParser,
-            fn_constructor_args=(model,),
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            batch_size=PARSE_CHUNK,
-            batch_format="pyarrow",
-            num_cpus=1,
-        )
-        staging = out_dir / f".{PHRASES_DIR}.{os.getpid()}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        parsed.write_parquet(str(staging))
-        shutil.rmtree(table_dir, ignore_errors=True)
-        staging.rename(table_dir)
-        write_json(manifest, wanted)
     good_rows = summary.rows  # less the bad rows, which the count finds
     summary.parsed, summary.cached = (0, good_rows) if reuse else (good_rows, 0)
-    return ray.data.read_parquet(str(table_dir))
+    if reuse:
+        read = ray.remote(_read_part)
+        return [read.remote(str(part)) for part in sorted(table_dir.glob("part-*.parquet"))]
+    manifest.unlink(missing_ok=True)
+    pieces = ray.data.from_items(
+        [{"piece": i} for i in range(len(source.pieces))],
+        override_num_blocks=len(source.pieces),
+    )
+    rows = pieces.map_batches(
+        _read_pieces,
+        fn_kwargs={"pieces": source.pieces},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0,  # light next to parsing: reading must not wait for the actors' CPUs
+    )
+    parsed = rows.map_batches(
+        PhraseParser,
+        fn_constructor_args=(model,),
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        batch_size=PARSE_CHUNK,
+        batch_format="pyarrow",
+        num_cpus=1,
+    )
+    blocks = [ref for bundle in parsed.iter_internal_ref_bundles() for ref in bundle.block_refs]
+    staging = out_dir / f".{PHRASES_DIR}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write = ray.remote(_write_part)
+    ray.get([write.remote(b, str(staging / f"part-{i:09d}.parquet")) for i, b in enumerate(blocks)])
+    shutil.rmtree(table_dir, ignore_errors=True)
+    staging.rename(table_dir)
+    write_json(manifest, wanted)
+    return blocks
+
+
+def _write_part(block, path: str) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(block, path)
+
+
+def _read_part(path: str):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
 
 
 def _read_pieces(batch, pieces: list[Piece]):
@@ -206,13 +237,6 @@ class PhraseParser:
         return batch.append_column("phrases", pa.array(phrases, pa.list_(pa.string())))
 
 
-def _pooled_only(batch, pooled):
-    import ray
-
-    mask = ray.get(pooled)[batch["row"].to_numpy()]  # zero-copy from the object store
-    return batch.filter(mask)
-
-
 # --- count and select ------------------------------------------------------------------------
 
 # Keys of the count's records besides phrases; no phrase starts with them (they are whitespace,
@@ -247,6 +271,29 @@ def _keyed_rows(batch):
 def _chunks(column):
     """A ChunkedArray as one Array; other arrays unchanged."""
     return column.combine_chunks() if hasattr(column, "combine_chunks") else column
+
+
+def _shuffle_map(partitions: int, *blocks):
+    """The count's records of a run of blocks, cut by a hash of their key (the same in every
+    process, unlike Python's `hash`) into `partitions` tables."""
+    import pyarrow as pa
+
+    keyed = pa.concat_tables([_keyed_rows(b) for b in blocks]).combine_chunks()
+    if partitions == 1:
+        return keyed
+    part = np.fromiter(
+        (zlib.crc32(k.encode()) % partitions for k in keyed["key"].to_pylist()),
+        np.int64,
+        len(keyed),
+    )
+    return [keyed.filter(pa.array(part == p)) for p in range(partitions)]
+
+
+def _shuffle_reduce(min_freq: int, max_per_phrase: int, seed: int, *parts):
+    """One partition of the count: its records from every run, grouped by key."""
+    import pyarrow as pa
+
+    return _phrase_groups(pa.concat_tables(parts), min_freq, max_per_phrase, seed)
 
 
 def _phrase_groups(partition, min_freq: int, max_per_phrase: int, seed: int):
@@ -341,21 +388,17 @@ def gather_counts(batches: Iterable, rows: int, options: FilterOptions) -> Count
     return counts
 
 
-def _count_and_select(parsed, summary: FilterSummary, options: FilterOptions, partitions: int):
+def _count_and_select(ray, runs: list[list], summary: FilterSummary, options: FilterOptions):
     """Count on the engine, walk on the driver; the counts, their `pooled` mask complete."""
-    keyed = parsed.map_batches(_keyed_rows, batch_format="pyarrow")
-    groups = keyed.repartition(partitions, keys=["key"]).map_batches(
-        _phrase_groups,
-        batch_size=None,  # a whole partition at once: it holds every record of its keys
-        batch_format="pyarrow",
-        fn_kwargs={
-            "min_freq": options.min_freq,
-            "max_per_phrase": options.max_per_phrase,
-            "seed": options.seed,
-        },
-    )
-    batches = groups.iter_batches(batch_format="pyarrow", batch_size=None)
-    counts = gather_counts(batches, summary.rows, options)
+    partitions = len(runs)
+    shuffle_map = ray.remote(_shuffle_map).options(num_returns=partitions)
+    mapped = [shuffle_map.remote(partitions, *run) for run in runs]
+    mapped = [[m] for m in mapped] if partitions == 1 else mapped
+    reduce = ray.remote(_shuffle_reduce)
+    settings = (options.min_freq, options.max_per_phrase, options.seed)
+    groups = [reduce.remote(*settings, *(m[p] for m in mapped)) for p in range(partitions)]
+    del mapped  # the shuffle's records are freed as the partitions are grouped
+    counts = gather_counts((ray.get(g) for g in groups), summary.rows, options)
     summary.unique_captions = counts.captions
     summary.bad_lines = counts.bad
     summary.bad_examples = [where for _, where in counts.first_bad]
@@ -364,7 +407,7 @@ def _count_and_select(parsed, summary: FilterSummary, options: FilterOptions, pa
     else:
         summary.cached -= counts.bad
 
-    walk_on_driver(counts, options, partial(_rows_of, keyed))
+    walk_on_driver(counts, options, partial(_rows_of, ray, runs))
     return counts
 
 
@@ -390,24 +433,53 @@ def walk_on_driver(
     return fetched
 
 
-def _rows_of(keyed, phrase: str) -> np.ndarray:
+def _rows_of(ray, runs: list[list], phrase: str) -> np.ndarray:
     """Every row with `phrase`, from the engine."""
+    rows_with = ray.remote(_rows_with)
+    found = ray.get([rows_with.remote(phrase, *run) for run in runs])
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def _rows_with(phrase: str, *blocks) -> np.ndarray:
     import pyarrow.compute as pc
 
-    def only(batch):
-        return batch.filter(pc.equal(batch["key"], phrase)).select(["row"])
+    found = []
+    for block in blocks:
+        phrases = block["phrases"]
+        parents = pc.list_parent_indices(phrases).filter(pc.equal(pc.list_flatten(phrases), phrase))
+        found.append(block["row"].take(parents).to_numpy())
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
 
-    found = keyed.map_batches(only, batch_format="pyarrow")
-    parts = [b["row"].to_numpy() for b in found.iter_batches(batch_format="pyarrow")]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+def _pooled_of(pooled: np.ndarray, *blocks):
+    """The pooled rows of a run of blocks, in the blocks' order."""
+    import pyarrow as pa
+
+    return pa.concat_tables([b.filter(pooled[b["row"].to_numpy()]) for b in blocks])
 
 
-def _pool_rows(pool, phrases: list[str], after: np.ndarray) -> Iterator[tuple[CaptionRow, list]]:
-    """The pooled rows with their phrases, in input order; counts each phrase into `after`
-    on the way (the driver streams every pooled row to the outputs anyway)."""
-    index = {p: i for i, p in enumerate(phrases)}
-    for batch in pool.sort("row").iter_batches(batch_format="pyarrow"):
-        for r in batch.to_pylist():
+def _pool_rows(
+    ray, runs: list[list], counts: Counts, workers: int, after: np.ndarray
+) -> Iterator[tuple[CaptionRow, list]]:
+    """The pooled rows with their phrases, in input order: the runs' pooled rows, taken in
+    order with a few runs in flight; counts each phrase into `after` on the way (the driver
+    streams every pooled row to the outputs anyway)."""
+    index = {p: i for i, p in enumerate(counts.phrases)}
+    pooled_of = ray.remote(_pooled_of)
+    pooled = ray.put(counts.pooled)
+    pending = deque(pooled_of.remote(pooled, *run) for run in runs[: workers + 1])
+    later = iter(runs[workers + 1 :])
+    last = -1
+    while pending:
+        table = ray.get(pending.popleft())
+        if (run := next(later, None)) is not None:
+            pending.append(pooled_of.remote(pooled, *run))
+        for r in table.to_pylist():
+            if r["row"] <= last:
+                raise InstructgenError(
+                    "the engine gave the parsed rows out of order; please report this"
+                )
+            last = r["row"]
             for p in r["phrases"]:
                 after[index[p]] += 1
             yield CaptionRow(r["row"], r["id"], r["caption"], r["url"]), r["phrases"]

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from instructgen import cc3m_ray
 from instructgen.cc3m import filter_cc3m
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,8 +95,11 @@ def test_a_rerun_with_another_seed_reads_the_parsed_rows_and_parses_nothing(tsv_
 
 
 def test_laion_parquet_gives_the_same_bytes_and_ids_from_the_key_column(
-    ray_local, test_data, tmp_path
+    ray_local, test_data, tmp_path, monkeypatch
 ):
+    # small batches and partitions, so the count shuffles between several tasks
+    monkeypatch.setattr(cc3m_ray, "PARSE_CHUNK", 50)
+    monkeypatch.setattr(cc3m_ray, "ROWS_PER_PARTITION", 100)
     lines = (test_data / "cc3m_val_300.tsv").read_text(encoding="utf-8").splitlines()
     captions = [line.split("\t")[0] for line in lines]
     urls = [line.split("\t")[1] for line in lines]
