@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from instructgen.client.image_tokens import DETAILS
+from instructgen.client.image_tokens import DETAILS, image_tokens
 from instructgen.contracts import ImageContext
 from instructgen.errors import InputError
 
@@ -154,3 +154,15 @@ def data_url_size(data_url: str) -> tuple[int, int] | None:
             return img.size
     except (UnidentifiedImageError, OSError, ValueError):
         return None
+
+
+def known_image_tokens(model: str, messages: list[dict]) -> int:
+    """Prompt tokens of the request's images where they can be known without a download: an
+    inline image (its size is in the data URL), or `low` detail on a tiled model. A linked
+    image at `high`/`auto` detail counts 0 (its size is not in the request)."""
+    total = 0
+    for part in image_parts(messages):
+        url = str(part.get("url", ""))
+        width, height = (url.startswith("data:") and data_url_size(url)) or (None, None)
+        total += image_tokens(model, width, height, str(part.get("detail", "auto"))) or 0
+    return total

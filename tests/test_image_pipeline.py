@@ -51,6 +51,25 @@ def job(shared_data, tmp_path) -> dict[str, Path]:
     return {"contexts": contexts, "requests": requests, "images": coco / "train2017"}
 
 
+def test_the_token_budget_is_charged_with_each_inline_image_by_the_published_formula(job):
+    from PIL import Image
+
+    from instructgen.client.image_tokens import image_tokens
+    from instructgen.client.runner import load_requests
+    from instructgen.tokens import TokenCounter
+
+    lines = [json.loads(x) for x in job["requests"].read_text().splitlines()]
+    contexts = {c["image_id"]: c for c in map(json.loads, job["contexts"].read_text().splitlines())}
+    for line, request in zip(lines, load_requests(job["requests"]), strict=True):
+        body = line["body"]
+        image_id = int(line["custom_id"].split("-")[1])
+        with Image.open(job["images"] / contexts[image_id]["file_name"]) as img:
+            expected = image_tokens(body["model"], *img.size, "high")
+        assert expected and request.image_tokens == expected
+        text = TokenCounter(body["model"]).count_messages(body["messages"])
+        assert request.tokens == text + expected + body["max_tokens"]
+
+
 def test_a_direct_run_sends_exactly_one_image_part_per_request(job, server, tmp_path):
     summary = run_requests(
         job["requests"],

@@ -46,6 +46,7 @@ from instructgen.client.limiter import DEFAULT_PAUSE_S, RateBudget, retry_after_
 from instructgen.client.pricing import cost_usd, price_for
 from instructgen.errors import InputError, InstructgenError
 from instructgen.files import require_file, write_jsonl
+from instructgen.images import known_image_tokens
 from instructgen.tokens import TokenCounter
 
 ASSUMED_COMPLETION_TOKENS = 1024  # charged to the token budget when a request sets no cap
@@ -81,13 +82,15 @@ class RequestLine:
     sha256: str
     model: str
     url: str
-    prompt_tokens: int
+    prompt_tokens: int  # the text's
     max_tokens: int
+    image_tokens: int = 0  # those known without a download (images.known_image_tokens)
 
     @property
     def tokens(self) -> int:
-        """The request's charge to the token budget: prompt estimate plus completion cap."""
-        return self.prompt_tokens + self.max_tokens
+        """The request's charge to the token budget: prompt estimate (text and images) plus
+        completion cap."""
+        return self.prompt_tokens + self.image_tokens + self.max_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ def load_requests(path: Path) -> list[RequestLine]:
                     url=obj["url"],
                     prompt_tokens=counters[model].count_messages(body.get("messages", [])),
                     max_tokens=cap or ASSUMED_COMPLETION_TOKENS,
+                    image_tokens=known_image_tokens(model, body.get("messages", [])),
                 )
             )
     return index
