@@ -156,13 +156,18 @@ def data_url_size(data_url: str) -> tuple[int, int] | None:
         return None
 
 
+def image_part_tokens(
+    model: str, image: dict, linked_size: tuple[int, int] | None = None
+) -> int | None:
+    """Prompt tokens of one `image_url` part: an inline image measured from its data URL, a
+    linked one at `linked_size` pixels (None: not known). None where no formula applies."""
+    url = str(image.get("url", ""))
+    size = data_url_size(url) if url.startswith("data:") else linked_size
+    return image_tokens(model, *(size or (None, None)), str(image.get("detail", "auto")))
+
+
 def known_image_tokens(model: str, messages: list[dict]) -> int:
     """Prompt tokens of the request's images where they can be known without a download: an
     inline image (its size is in the data URL), or `low` detail on a tiled model. A linked
     image at `high`/`auto` detail counts 0 (its size is not in the request)."""
-    total = 0
-    for part in image_parts(messages):
-        url = str(part.get("url", ""))
-        width, height = (url.startswith("data:") and data_url_size(url)) or (None, None)
-        total += image_tokens(model, width, height, str(part.get("detail", "auto"))) or 0
-    return total
+    return sum(image_part_tokens(model, image) or 0 for image in image_parts(messages))

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from instructgen.client.image_tokens import image_tokens, takes_images
+from instructgen.client.image_tokens import takes_images
 from instructgen.client.pricing import cost_usd
 from instructgen.contracts import TASKS, ImageContext, custom_id, split_custom_id
 from instructgen.errors import InputError
 from instructgen.files import atomic_writer, iter_jsonl
-from instructgen.images import ImageInput, data_url_size, image_parts
+from instructgen.images import ImageInput, image_part_tokens, image_parts
 from instructgen.prompts import DEFAULT_PROMPTS, DEFAULT_SEEDS, TaskPrompt, load_task_prompt
 from instructgen.tokens import TokenCounter, message_text
 
@@ -206,14 +206,11 @@ class _ImageCounter:
         """Tokens of each image of one request (None: unknown size or formula)."""
         counts = []
         for image in image_parts(messages):
-            url = str(image.get("url", ""))
-            if url.startswith("data:"):
-                size = data_url_size(url)
-            else:
+            linked = None
+            if not str(image.get("url", "")).startswith("data:"):
                 parsed = split_custom_id(cid)
-                size = self._context_size(parsed[0] if parsed else None)
-            detail = str(image.get("detail", "auto"))
-            counts.append(image_tokens(model, *(size or (None, None)), detail))
+                linked = self._context_size(parsed[0] if parsed else None)
+            counts.append(image_part_tokens(model, image, linked))
         return counts
 
 
