@@ -23,10 +23,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from instructgen.coco import iter_contexts
 from instructgen.contracts import TASKS, ImageContext, custom_id
 from instructgen.files import iter_jsonl, write_jsonl
-from instructgen.render import render_requests
+from instructgen.generate.coco import iter_contexts
+from instructgen.generate.render import render_requests
 
 RESPONSES = 158_000
 TARGET_S = 60.0
@@ -173,7 +173,7 @@ def main() -> None:
             f"{sizes['requests.jsonl']:.0f} MiB, made in {time.perf_counter() - t0:.1f} s"
         )
         ours = timed_child(
-            "from pathlib import Path; from instructgen.build import build; "
+            "from pathlib import Path; from instructgen.curate.build import build; "
             f"s = build(Path({str(responses)!r}), Path({str(requests)!r}), "
             f"Path({str(contexts)!r}), Path({str(folder / 'out')!r})); "
             "print(s['records']['total'], s['quarantined']['total'])"

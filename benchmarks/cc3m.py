@@ -33,16 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from instructgen.cc3m import (
-    PhraseCache,
-    PhraseTable,
-    model_key,
-    noun_phrases,
-    parse_captions,
-    resolve_model,
-    select_pool,
-)
-from instructgen.cc3m_input import detect_layout, read_rows
+from instructgen.cc3m.input import detect_layout, read_rows
+from instructgen.cc3m.local import PhraseCache, parse_captions
+from instructgen.cc3m.phrases import model_key, noun_phrases, resolve_model
+from instructgen.cc3m.selection import PhraseTable, select_pool
 
 CC3M = Path(__file__).resolve().parents[2] / "shared/data/cc3m/Validation_GCC-1.1.0-Validation.tsv"
 NAIVE_CAPTIONS = 2000  # the naive baseline runs ~200 captions/s: ~10 s
@@ -284,7 +278,7 @@ def write_records(size: int, path: Path) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from instructgen.cc3m_ray import _phrase_groups
+    from instructgen.cc3m.ray_engine import _phrase_groups
 
     texts = pa.array([f"p{i}" for i in range(SYNTHETIC_VOCAB)], pa.string())
     parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(PARTITIONS)]
@@ -311,8 +305,9 @@ def drive(size: int, path: Path) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from instructgen.cc3m import FilterOptions, by_frequency
-    from instructgen.cc3m_ray import gather_counts, walk_on_driver
+    from instructgen.cc3m.outputs import FilterOptions
+    from instructgen.cc3m.ray_engine import gather_counts, walk_on_driver
+    from instructgen.cc3m.selection import by_frequency
 
     def fetch(text: str) -> np.ndarray:  # what the engine would send: every row of the phrase
         found = pq.read_table(path, filters=pc.field("key") == text)

@@ -22,12 +22,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from instructgen.coco import iter_contexts
 from instructgen.contracts import TASKS, custom_id
 from instructgen.files import write_jsonl
-from instructgen.images import ImageInput
-from instructgen.prompts import load_task_prompt
-from instructgen.render import render_requests
+from instructgen.generate.coco import iter_contexts
+from instructgen.generate.images import ImageInput
+from instructgen.generate.prompts import load_task_prompt
+from instructgen.generate.render import render_requests
 
 REQUESTS = 158_000
 ANN = Path(__file__).resolve().parents[2] / "shared/data/coco-mini/annotations"

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from instructgen.files import write_json, write_jsonl
-from instructgen.scienceqa import llava_record, parse_format, question_line, score_answers
-from instructgen.scienceqa_files import read_answers, read_official, read_parquet
+from instructgen.scienceqa.files import read_answers, read_official, read_parquet
+from instructgen.scienceqa.problems import llava_record, parse_format, question_line, score_answers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 SPLITS = {"train": 12_726, "val": 4_241, "test": 4_241}

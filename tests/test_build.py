@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from instructgen.build import (
+from instructgen.contracts import IMAGE_TOKEN, TASKS
+from instructgen.curate.build import (
     StatsCollector,
     _check_invariant,
     build,
@@ -24,9 +25,8 @@ from instructgen.build import (
     load_requests,
     read_stats_report,
 )
-from instructgen.contracts import IMAGE_TOKEN, TASKS
 from instructgen.errors import InputError, InstructgenError
-from instructgen.template_backend import write_template_responses
+from instructgen.generate.template_backend import write_template_responses
 
 ROOT = Path(__file__).resolve().parent.parent
 

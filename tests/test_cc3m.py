@@ -12,18 +12,11 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-from instructgen.cc3m import (
-    PhraseCache,
-    PhraseTable,
-    filter_cc3m,
-    in_key_order,
-    noun_phrases,
-    resolve_model,
-    sample_keys,
-    select_pool,
-    walk,
-)
-from instructgen.cc3m_input import detect_layout, read_rows
+from instructgen.cc3m import filter_cc3m
+from instructgen.cc3m.input import detect_layout, read_rows
+from instructgen.cc3m.local import PhraseCache
+from instructgen.cc3m.phrases import noun_phrases, resolve_model
+from instructgen.cc3m.selection import PhraseTable, in_key_order, sample_keys, select_pool, walk
 from instructgen.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent

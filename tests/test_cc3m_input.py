@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from instructgen.cc3m_input import BadRow, open_source
+from instructgen.cc3m.input import BadRow, open_source
 from instructgen.errors import InputError
 
 

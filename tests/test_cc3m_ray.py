@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from instructgen import cc3m_ray
 from instructgen.cc3m import filter_cc3m
+from instructgen.cc3m import ray_engine as cc3m_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 SAME_BYTES = ("cc3m_filtered.jsonl", "pretrain.json", "np_stats.json", "np_hist.png")

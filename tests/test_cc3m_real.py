@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from instructgen.cc3m import (
-    BRIEF_INSTRUCTIONS,
-    PhraseCache,
-    filter_cc3m,
-    model_key,
-    noun_phrases,
-    parse_captions,
-    resolve_model,
-)
+from instructgen.cc3m import filter_cc3m
+from instructgen.cc3m.local import PhraseCache, parse_captions
+from instructgen.cc3m.outputs import BRIEF_INSTRUCTIONS
+from instructgen.cc3m.phrases import model_key, noun_phrases, resolve_model
 
 MIN_FREQ, MAX_PER_PHRASE = 3, 100
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from instructgen.coco import normalize_box, write_contexts
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl
+from instructgen.generate.coco import normalize_box, write_contexts
 
 CAPTIONS = "coco_captions_train2017_3.json"
 INSTANCES = "coco_instances_train2017_3.json"

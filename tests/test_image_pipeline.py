@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 from openai_server import OpenAITestServer, ServerConfig
 from rich.console import Console
 
-from instructgen.build import build
 from instructgen.client import batch_api
 from instructgen.client.runner import RunConfig, run_requests
-from instructgen.coco import write_contexts
-from instructgen.images import ImageInput
-from instructgen.render import render_requests
+from instructgen.curate.build import build
+from instructgen.generate.coco import write_contexts
+from instructgen.generate.images import ImageInput
+from instructgen.generate.render import render_requests
 from instructgen.review import store
 from instructgen.review.app import create_app
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from instructgen.parse import (
+from instructgen.curate.parse import (
     Rejection,
     Turn,
     answer_flags,

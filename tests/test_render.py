@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from instructgen.coco import write_contexts
 from instructgen.contracts import TASKS, ImageContext
 from instructgen.errors import InputError, TemplateError
 from instructgen.files import iter_jsonl
-from instructgen.prompts import DEFAULT_PROMPTS, DEFAULT_SEEDS, load_task_prompt
-from instructgen.render import estimate_requests, render_requests
+from instructgen.generate.coco import write_contexts
+from instructgen.generate.prompts import DEFAULT_PROMPTS, DEFAULT_SEEDS, load_task_prompt
+from instructgen.generate.render import estimate_requests, render_requests
 from instructgen.tokens import TokenCounter
 
 
@@ -193,7 +193,7 @@ def test_bundled_seeds_are_real_train2017_images():
 
 
 def test_seed_responses_parse_into_turns_without_flags():
-    from instructgen.parse import Rejection, answer_flags, parse_response, present_categories
+    from instructgen.curate.parse import Rejection, answer_flags, parse_response, present_categories
 
     for task in TASKS:
         prompt = load_task_prompt(task)

@@ -13,13 +13,13 @@ from PIL import Image
 
 from instructgen.client import batch_api
 from instructgen.client.runner import load_requests
-from instructgen.coco import write_contexts
 from instructgen.contracts import TASKS
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl
-from instructgen.images import ImageInput
-from instructgen.prompts import load_task_prompt
-from instructgen.render import estimate_requests, image_totals, render_requests
+from instructgen.generate.coco import write_contexts
+from instructgen.generate.images import ImageInput
+from instructgen.generate.prompts import load_task_prompt
+from instructgen.generate.render import estimate_requests, image_totals, render_requests
 from instructgen.tokens import TokenCounter
 
 LIMIT = 4

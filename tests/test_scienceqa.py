@@ -6,7 +6,7 @@ import pytest
 
 from instructgen.contracts import IMAGE_TOKEN
 from instructgen.errors import InputError
-from instructgen.scienceqa import (
+from instructgen.scienceqa.problems import (
     GROUPS,
     LETTER_INSTRUCTION,
     Problem,

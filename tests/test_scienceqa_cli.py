@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from instructgen.cli import app
 from instructgen.errors import InputError
-from instructgen.scienceqa_files import read_answers, read_parquet
+from instructgen.scienceqa.files import read_answers, read_parquet
 
 TRAIN = ["1", "2", "9", "30", "33", "40"]
 TEST = ["4", "5", "11", "15", "22", "23"]

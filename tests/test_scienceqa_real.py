@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from instructgen.scienceqa import (
+from instructgen.scienceqa.files import read_answers, read_official
+from instructgen.scienceqa.problems import (
     GROUPS,
     SUBJECTS,
     extract_choice,
@@ -18,7 +19,6 @@ from instructgen.scienceqa import (
     parse_format,
     score_answers,
 )
-from instructgen.scienceqa_files import read_answers, read_official
 
 MOST_CHOICES = 5  # ScienceQA problems have 2 to 5 options
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from instructgen.build import build
 from instructgen.contracts import split_custom_id
-from instructgen.parse import parse_response
-from instructgen.template_backend import captions_of, write_template_responses
+from instructgen.curate.build import build
+from instructgen.curate.parse import parse_response
+from instructgen.generate.template_backend import captions_of, write_template_responses
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -79,7 +79,8 @@ def cc3m(
     ),
 ) -> None:
     """Filter CC3M captions to a noun-phrase-balanced pool (about 595K of 3.3M pairs)."""
-    from instructgen.cc3m import BRIEF_INSTRUCTIONS, filter_cc3m
+    from instructgen.cc3m import filter_cc3m
+    from instructgen.cc3m.outputs import BRIEF_INSTRUCTIONS
 
     s = filter_cc3m(
         captions,

@@ -22,7 +22,7 @@ from instructgen.cli.options import (
     TPM,
 )
 from instructgen.errors import InstructgenError
-from instructgen.images import DEFAULT_DETAIL, DEFAULT_MAX_SIDE
+from instructgen.generate.images import DEFAULT_DETAIL, DEFAULT_MAX_SIDE
 
 # --- coco, render, estimate (stage 1) ---
 
@@ -44,7 +44,7 @@ def coco(
     Crowd boxes are dropped, boxes reaching outside the image are clipped, boxes with no
     area are dropped; each is counted in the summary. Images without captions are reported.
     """
-    from instructgen.coco import write_contexts
+    from instructgen.generate.coco import write_contexts
 
     s = write_contexts(captions, output, instances, limit, image_ids)
     console.print(
@@ -101,9 +101,9 @@ def render(
     (with --image, the image beside it); the prefix is identical across requests so providers
     can cache it.
     """
-    from instructgen import prompts as prompt_files
-    from instructgen.images import ImageInput
-    from instructgen.render import render_requests
+    from instructgen.generate import prompts as prompt_files
+    from instructgen.generate.images import ImageInput
+    from instructgen.generate.render import render_requests
 
     image_input = None
     image_options = (image_base_url, images, image_detail, image_max_side)
@@ -155,7 +155,7 @@ def estimate(
     """
     from rich.table import Table
 
-    from instructgen.render import estimate_requests
+    from instructgen.generate.render import estimate_requests
 
     est = estimate_requests(requests, model, contexts or _contexts_beside(requests))
     table = Table(title=f"Estimate for {requests} ({est.model})")
@@ -271,7 +271,7 @@ def run(
         _print_dry_run_images(requests, journal)
         return
     if backend == "template":
-        from instructgen.template_backend import write_template_responses
+        from instructgen.generate.template_backend import write_template_responses
 
         n = write_template_responses(requests, output)
         console.print(f"template baseline: {n:,} responses written to {output} (no model called)")
@@ -300,7 +300,7 @@ def run(
 
 def _print_dry_run_images(requests: Path, journal: Path) -> None:
     """The image tokens of the requests a run would send (those not done in the journal)."""
-    from instructgen.render import image_totals
+    from instructgen.generate.render import image_totals
 
     done: frozenset[str] = frozenset()
     if journal.is_file():
@@ -341,8 +341,8 @@ def build(
     and stats.json. Fails unless records + quarantined = requests + unknown
     + duplicate responses.
     """
-    from instructgen.build import build, stats_report
-    from instructgen.prompts import INSTRUCTIONS_DIR
+    from instructgen.curate.build import build, stats_report
+    from instructgen.generate.prompts import INSTRUCTIONS_DIR
 
     stats = build(responses, requests, contexts, output, seed, instructions or INSTRUCTIONS_DIR)
     Console().print(stats_report(stats))
@@ -357,6 +357,6 @@ def stats(
     path: Path = typer.Argument(..., help="A build output folder, or its stats.json."),
 ) -> None:
     """Print the tables of a finished build (its stats.json)."""
-    from instructgen.build import read_stats_report
+    from instructgen.curate.build import read_stats_report
 
     Console().print(read_stats_report(path))

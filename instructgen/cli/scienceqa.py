@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from instructgen.cli.app import app, console
 from instructgen.errors import InputError
-from instructgen.scienceqa import DEFAULT_FORMAT, quote_pids
+from instructgen.scienceqa.problems import DEFAULT_FORMAT, quote_pids
 
 scienceqa_app = typer.Typer(
     help="ScienceQA: LLaVA training data in a chosen prompt format, questions for `answer`, "
@@ -83,7 +83,7 @@ def _load(
 
 
 def _load_parquet(parquet: list[Path], split: str, images_out: Path | None, need_image_files: bool):
-    from instructgen import scienceqa_files as sf
+    from instructgen.scienceqa import files as sf
 
     rows, has_images = sf.parquet_shape(parquet, split)
     if need_image_files and has_images and images_out is None:
@@ -105,7 +105,7 @@ def _load_parquet(parquet: list[Path], split: str, images_out: Path | None, need
 def _load_official(
     problems: Path, pid_splits: Path, split: str, images: Path | None, need_image_files: bool
 ):
-    from instructgen import scienceqa_files as sf
+    from instructgen.scienceqa import files as sf
 
     read = sf.read_official(problems, pid_splits, split)
     if not read.problems:
@@ -174,7 +174,7 @@ def convert(
 ) -> None:
     """Convert one split to LLaVA training JSON (id = pid, `<image>` once for image questions)."""
     from instructgen.files import write_json
-    from instructgen.scienceqa import llava_record, parse_format
+    from instructgen.scienceqa.problems import llava_record, parse_format
 
     fmt = parse_format(format_code)
     read = _load(problems, pid_splits, parquet, split, images, images_out)
@@ -214,7 +214,7 @@ def questions(
 ) -> None:
     """Write the split's questions for `answer`: question_id (pid), image, text, category."""
     from instructgen.files import write_jsonl
-    from instructgen.scienceqa import parse_format, question_line
+    from instructgen.scienceqa.problems import parse_format, question_line
 
     fmt = parse_format(format_code)
     read = _load(problems, pid_splits, parquet, split, images, images_out)
@@ -245,8 +245,8 @@ def score(
     unparsed and counted wrong, as is a question with no answer (missing).
     """
     from instructgen.files import write_json
-    from instructgen.scienceqa import breakdown_table, score_answers
-    from instructgen.scienceqa_files import read_answers
+    from instructgen.scienceqa.files import read_answers
+    from instructgen.scienceqa.problems import breakdown_table, score_answers
 
     read = _load(problems, pid_splits, parquet, split, need_image_files=False)
     texts = read_answers(answers)

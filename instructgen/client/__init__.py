@@ -1,4 +1,4 @@
-"""The retrying batch client: rate budgets, retries, a SQLite journal, the Batch API.
+"""The retrying batch client: budgets, retries, a SQLite journal; read `runner.py` first.
 
 The defaults live here, not in `runner`, so that the CLI can show them in `--help` without
 importing the OpenAI SDK for every command.

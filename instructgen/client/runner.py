@@ -41,12 +41,12 @@ from instructgen.client import (
     DEFAULT_TIMEOUT_S,
     DEFAULT_TPM,
 )
+from instructgen.client.image_tokens import known_image_tokens
 from instructgen.client.journal import Journal, Outcome
 from instructgen.client.limiter import DEFAULT_PAUSE_S, RateBudget, retry_after_s
 from instructgen.client.pricing import cost_usd, price_for
 from instructgen.errors import InputError, InstructgenError
 from instructgen.files import require_file, write_jsonl
-from instructgen.images import known_image_tokens
 from instructgen.tokens import TokenCounter
 
 ASSUMED_COMPLETION_TOKENS = 1024  # charged to the token budget when a request sets no cap
@@ -84,7 +84,7 @@ class RequestLine:
     url: str
     prompt_tokens: int  # the text's
     max_tokens: int
-    image_tokens: int = 0  # those known without a download (images.known_image_tokens)
+    image_tokens: int = 0  # those known without a download (image_tokens.known_image_tokens)
 
     @property
     def tokens(self) -> int:

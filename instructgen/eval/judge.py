@@ -19,7 +19,7 @@ from instructgen.errors import InputError
 from instructgen.eval.records import Answer, JudgeContext, Question, image_key, response_text
 from instructgen.eval.verdicts import parse_verdict
 from instructgen.files import iter_jsonl, write_json, write_jsonl
-from instructgen.prompts import DEFAULT_PROMPTS, render_template
+from instructgen.generate.prompts import DEFAULT_PROMPTS, render_template
 
 JUDGE_PROMPTS = DEFAULT_PROMPTS / "judge"
 CATEGORY_ORDER = ("conv", "detail", "complex")

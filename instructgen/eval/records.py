@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from instructgen.build import extract_text
+from instructgen.curate.build import extract_text
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from instructgen.category_words import categories_named, words_for
 from instructgen.contracts import IMAGE_TOKEN
+from instructgen.curate.category_words import categories_named, words_for
 
 # Quarantine reason codes (quarantine.jsonl `reason`); the parser emits the last five.
 REASONS = (

@@ -8,13 +8,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from instructgen.client.image_tokens import takes_images
+from instructgen.client.image_tokens import image_part_tokens, image_parts, takes_images
 from instructgen.client.pricing import cost_usd
 from instructgen.contracts import TASKS, ImageContext, custom_id, split_custom_id
 from instructgen.errors import InputError
 from instructgen.files import atomic_writer, iter_jsonl
-from instructgen.images import ImageInput, image_part_tokens, image_parts
-from instructgen.prompts import DEFAULT_PROMPTS, DEFAULT_SEEDS, TaskPrompt, load_task_prompt
+from instructgen.generate.images import ImageInput
+from instructgen.generate.prompts import (
+    DEFAULT_PROMPTS,
+    DEFAULT_SEEDS,
+    TaskPrompt,
+    load_task_prompt,
+)
 from instructgen.tokens import TokenCounter, message_text
 
 DEFAULT_MODEL = "gpt-4o"

@@ -20,7 +20,7 @@ from instructgen.contracts import TASKS, ImageContext
 from instructgen.errors import InputError, TemplateError
 from instructgen.files import read_text
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROMPTS = PROJECT_ROOT / "prompts"
 DEFAULT_SEEDS = PROJECT_ROOT / "seeds"
 INSTRUCTIONS_DIR = DEFAULT_PROMPTS / "instructions"

@@ -1,7 +1,7 @@
 """ScienceQA as LLaVA training data (prompt format codes), answer extraction and scoring.
 
 Pure functions over `Problem` records; reading the official and Hugging Face layouts and the
-answer files is in `scienceqa_files.py`. A format code is `<input>-<output>`: input letters
+answer files is in `files.py`. A format code is `<input>-<output>`: input letters
 C (context), Q (question), M (options), one line each; output letters A (the answer sentence),
 L (lecture), E (explanation), in the order written.
 """

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from instructgen.client.image_tokens import DETAILS, image_tokens
+from instructgen.client.image_tokens import DETAILS, image_parts
 from instructgen.contracts import ImageContext
 from instructgen.errors import InputError
 
@@ -89,15 +89,6 @@ class ImageInput:
         return {"type": "image_url", "image_url": {"url": self.url(context), "detail": self.detail}}
 
 
-def image_parts(messages: list[dict]) -> Iterator[dict]:
-    """The `image_url` objects of the messages' content parts."""
-    for m in messages:
-        content = m.get("content")
-        for part in content if isinstance(content, list) else ():
-            if isinstance(part, dict) and isinstance(part.get("image_url"), dict):
-                yield part["image_url"]
-
-
 def image_mode(messages: list[dict]) -> str:
     """`inline` (a data URL), `url`, or `none` (text only): how a request shows its image."""
     for image in image_parts(messages):
@@ -140,34 +131,3 @@ def inline_jpeg(path: Path, max_side: int, image_id: int | str) -> bytes:
         raise InputError(
             f"{path}: too large to decode safely (image {image_id}): {e}; shrink it first"
         ) from None
-
-
-def data_url_size(data_url: str) -> tuple[int, int] | None:
-    """(width, height) in pixels of an inline image URL, or None if it is not one we can read."""
-    from PIL import Image, UnidentifiedImageError
-
-    _, sep, payload = data_url.partition(";base64,")
-    if not sep:
-        return None
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(payload))) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
-
-
-def image_part_tokens(
-    model: str, image: dict, linked_size: tuple[int, int] | None = None
-) -> int | None:
-    """Prompt tokens of one `image_url` part: an inline image measured from its data URL, a
-    linked one at `linked_size` pixels (None: not known). None where no formula applies."""
-    url = str(image.get("url", ""))
-    size = data_url_size(url) if url.startswith("data:") else linked_size
-    return image_tokens(model, *(size or (None, None)), str(image.get("detail", "auto")))
-
-
-def known_image_tokens(model: str, messages: list[dict]) -> int:
-    """Prompt tokens of the request's images where they can be known without a download: an
-    inline image (its size is in the data URL), or `low` detail on a tiled model. A linked
-    image at `high`/`auto` detail counts 0 (its size is not in the request)."""
-    return sum(image_part_tokens(model, image) or 0 for image in image_parts(messages))

@@ -27,10 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from instructgen.contracts import IMAGE_TOKEN, TASKS, split_custom_id
-from instructgen.errors import InputError, InstructgenError
-from instructgen.files import atomic_writer, iter_jsonl, read_json, require_file
-from instructgen.images import IMAGE_MODES, image_mode
-from instructgen.parse import (
+from instructgen.curate.parse import (
     REASONS,
     Rejection,
     Turn,
@@ -40,8 +37,11 @@ from instructgen.parse import (
     system_fragments,
     word_count,
 )
-from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
-from instructgen.template_backend import BACKEND as TEMPLATE_BACKEND
+from instructgen.errors import InputError, InstructgenError
+from instructgen.files import atomic_writer, iter_jsonl, read_json, require_file
+from instructgen.generate.images import IMAGE_MODES, image_mode
+from instructgen.generate.prompts import INSTRUCTIONS_DIR, read_instructions
+from instructgen.generate.template_backend import BACKEND as TEMPLATE_BACKEND
 
 MERGED_NAME = "llava_instruct.json"
 INVARIANT = "records + quarantined = requests + unknown_responses + duplicate_responses"

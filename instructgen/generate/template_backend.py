@@ -14,7 +14,7 @@ from pathlib import Path
 
 from instructgen.contracts import split_custom_id
 from instructgen.files import atomic_writer, iter_jsonl
-from instructgen.prompts import INSTRUCTIONS_DIR, read_instructions
+from instructgen.generate.prompts import INSTRUCTIONS_DIR, read_instructions
 from instructgen.tokens import message_text
 
 BACKEND = "template"

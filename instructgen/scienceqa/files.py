@@ -18,7 +18,7 @@ from pathlib import Path
 
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl, read_json, read_text
-from instructgen.scienceqa import OPTION_LETTERS, Problem, quote_pids
+from instructgen.scienceqa.problems import OPTION_LETTERS, Problem, quote_pids
 
 # Hugging Face names the validation split in full; the official splits say `val`.
 SPLIT_ALIASES = {"validation": "val"}

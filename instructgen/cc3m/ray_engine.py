@@ -1,5 +1,6 @@
 """The CC3M filter on Ray (extra `[ray]`): parsing and counting on the engine; the selection
-and the writers are the local engine's (cc3m.py), so both write the same bytes.
+and the writers are shared with the local engine (selection.py, outputs.py), so both write
+the same bytes.
 
 The stages (local mode on a laptop runs the same code as a cluster):
 1. read: one Ray Data task per input piece (a TSV byte range, a parquet row group) gives rows
@@ -38,21 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from instructgen.cc3m import (
-    BAD_LINES_SHOWN,
-    PARSE_CHUNK,
-    FilterOptions,
-    FilterSummary,
-    by_frequency,
-    in_key_order,
-    load_pipeline,
-    model_key,
-    phrases_of,
-    rare_and_frequent,
-    walk,
-    write_outputs,
-)
-from instructgen.cc3m_input import TSV_PIECE_BYTES, BadRow, CaptionRow, Piece, open_source
+from instructgen.cc3m.input import TSV_PIECE_BYTES, BadRow, CaptionRow, Piece, open_source
+from instructgen.cc3m.outputs import BAD_LINES_SHOWN, FilterOptions, FilterSummary, write_outputs
+from instructgen.cc3m.phrases import PARSE_CHUNK, load_pipeline, model_key, phrases_of
+from instructgen.cc3m.selection import by_frequency, in_key_order, rare_and_frequent, walk
 from instructgen.errors import InstructgenError
 from instructgen.files import read_json, write_json
 
