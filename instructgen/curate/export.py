@@ -266,6 +266,7 @@ def export(
             summary.records += 1
             where = f"{data}: record {index}"
             record = check_record(obj, where)
+            where = f"{where} (id {record.id})"
             key = image_key(record.image) if record.image else f"id:{record.id}"
             source = exclusions.source(key) if exclusions and record.image else None
             if source is not None:
