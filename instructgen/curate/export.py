@@ -71,10 +71,11 @@ class ExportSummary:
     data: Path
     records: int = 0
     rows: Counter = field(default_factory=Counter)  # split -> rows written
-    tasks: Counter = field(default_factory=Counter)  # task (or "none") -> rows written
+    tasks: Counter = field(default_factory=Counter)  # task -> rows written
     image_modes: Counter = field(default_factory=Counter)
     excluded: dict[Path, int] = field(default_factory=dict)  # evaluation file -> records dropped
     images: int = 0  # rows with an image
+    coco_images: int = 0  # rows whose image is a COCO photograph (by its name)
     image_bytes: int = 0  # bytes of image files written or linked
     files: list[str] = field(default_factory=list)  # paths under OUT
 
@@ -276,11 +277,12 @@ def export(
                 split = image_split(key, val_fraction, seed)
                 writer.add(split, record, path)
                 summary.rows[split] += 1
-                summary.tasks[record.task or "none"] += 1
+                summary.tasks[record.task or "no task field"] += 1
                 if record.image_mode:
                     summary.image_modes[record.image_mode] += 1
                 if path is not None:
                     summary.images += 1
+                    summary.coco_images += key.startswith("coco:")
             if on_progress is not None:
                 on_progress(read, total)
         writer.finish(summary)
