@@ -63,6 +63,9 @@ class RecordWriter(Protocol):
 
     def finish(self, summary: ExportSummary) -> None: ...
 
+    def close(self) -> None:
+        """Release open files and threads; called after finish, or after a failure."""
+
 
 @dataclass
 class ExportSummary:
@@ -261,6 +264,7 @@ def export(
         summary.excluded = dict.fromkeys(exclusions.named, 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    writer = None
     try:
         writer = make_writer(folder)
         for index, obj, read in iter_json_array(data):
@@ -285,12 +289,19 @@ def export(
                     summary.coco_images += key.startswith("coco:")
             if on_progress is not None:
                 on_progress(read, total)
+        if not summary.rows:
+            dropped = sum(summary.excluded.values())
+            why = f"all {dropped} were excluded" if dropped else "it holds no records"
+            raise InputError(f"{data}: nothing to export ({why})")
         writer.finish(summary)
+        writer.close()
         folder.chmod(0o777 & ~_umask())
         if out.exists():
             out.rmdir()  # empty, checked above
         os.rename(folder, out)
     except BaseException:
+        if writer is not None:
+            writer.close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return summary
