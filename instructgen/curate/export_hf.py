@@ -63,9 +63,10 @@ class _SplitShards:
         self.arrow_bytes = 0  # in-memory Arrow size of all rows: the card's num_bytes
 
     def write(self, rows: list[dict], sizes: list[int]) -> None:
+        """Write rows (their sizes in bytes: image + text) as row groups, opening shards."""
         start = 0
         for n, size in enumerate(sizes):
-            if self.shard_bytes + size > self.max_bytes and (self.shard_bytes or n > start):
+            if self.shard_bytes and self.shard_bytes + size > self.max_bytes:
                 self._write_group(rows[start:n])
                 self.close()
                 start = n
