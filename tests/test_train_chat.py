@@ -484,3 +484,17 @@ def test_a_grouped_run_resumed_after_a_crash_sees_the_same_batches(pair, test_da
     a, b = curve(whole), curve(crashed)
     assert [r[:2] for r in a] == [r[:2] for r in b]
     assert [r[2] for r in a] == pytest.approx([r[2] for r in b], rel=1e-5)
+
+
+def test_a_llava_folder_not_trained_here_is_prompted_in_its_own_chat_template(chat_run, tmp_path):
+    import shutil
+
+    from instructgen.eval.generate import load_answerer, prompt_ids
+
+    folder = tmp_path / "hub-model"
+    shutil.copytree(chat_run[1], folder)
+    (folder / "instructgen_train.json").unlink()  # as a model from the Hub has it
+    own = load_answerer(folder, torch.float32, "cpu")
+    assert own.template == "chat"
+    assert prompt_ids(own, "Why?", has_image=True) == prompt_text_ids(chat_run[1], "Why?")
+    assert load_answerer(folder, torch.float32, "cpu", template="v1").template == "v1"
