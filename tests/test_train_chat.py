@@ -525,3 +525,13 @@ def test_a_template_that_refuses_the_system_message_names_the_record(chatml):
     with pytest.raises(InputError, match=r"record id r9: the chat template refuses .* System role"):
         template_pieces(record, "chat", refusing, system="Be brief.")
     assert template_pieces(record, "chat", refusing)  # without --system it renders
+
+
+def test_system_is_refused_outside_the_chat_template(pair, test_data, tmp_path):
+    from instructgen.train.loop import RECIPES, trained_with
+
+    vision, llm = map(str, pair)
+    cfg = TrainConfig(stage=2, data=test_data / "train_instruct.json", images=test_data,
+                      output=tmp_path, vision=vision, llm=llm, system="Be brief.")  # fmt: skip
+    with pytest.raises(InputError, match="--system is the system message of --template chat"):
+        trained_with(cfg, RECIPES[2])
