@@ -237,7 +237,7 @@ def _show_samples(cfg, count: int) -> None:
 
     samples = trained_samples(cfg, count)
     for sample in samples:
-        console.rule(f"record {sample.id}", style="dim")
+        console.rule(Text(f"record {sample.id}"), style="dim")  # an id is not markup
         text = Text()
         for segment in sample.segments:
             text.append(segment.text, style="bold black on green" if segment.trained else "dim")
