@@ -25,9 +25,8 @@ def test_data() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """../shared/data beside the project (full real samples); skips when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"needs {SHARED_DATA_HINT}")
+    """../shared/data beside the project (full real samples); its tests are deselected
+    when it is absent."""
     return SHARED_DATA
 
 
@@ -54,16 +53,27 @@ def ray_local():
     ray.shutdown()
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """A test that reads ../shared/data must say so with the shared_data marker, so that the
-    summary counts it apart."""
+NOT_RUN = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that read ../shared/data carry the shared_data marker; without the folder they
+    are deselected (not skipped) and the summary says how to run them."""
+    shared = []
     for item in items:
-        if "shared_data" in item.fixturenames and not item.get_closest_marker("shared_data"):
+        if item.get_closest_marker("shared_data"):
+            shared.append(item)
+        elif "shared_data" in item.fixturenames:
             raise pytest.UsageError(f"{item.nodeid} reads ../shared/data: mark it shared_data")
+    if shared and not SHARED_DATA.is_dir():
+        config.hook.pytest_deselected(items=shared)
+        items[:] = [item for item in items if item not in shared]
+        config.stash[NOT_RUN] = len(shared)
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """Count the shared_data tests apart: how many ran, how many lacked ../shared/data."""
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """Count the shared_data tests apart: how many ran and how, or why none did."""
+    not_run = config.stash.get(NOT_RUN, 0)
     outcomes = {"passed": 0, "failed": 0, "skipped": 0}
     for outcome in outcomes:
         for report in terminalreporter.stats.get(outcome, []):
@@ -71,12 +81,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
                 report.when == "call" or outcome != "passed"
             ):
                 outcomes[outcome] += 1
-    if not any(outcomes.values()):
+    if not (not_run or any(outcomes.values())):
         return
     terminalreporter.write_sep("-", "tests on ../shared/data (beyond the repository's samples)")
-    terminalreporter.write_line(
-        f"{outcomes['passed']} passed, {outcomes['failed']} failed, "
-        f"{outcomes['skipped']} skipped for want of {SHARED_DATA}"
-    )
-    if outcomes["skipped"]:
-        terminalreporter.write_line(f"to run them, provide {SHARED_DATA_HINT}")
+    if not_run:
+        terminalreporter.write_line(f"{not_run} not run (deselected): they need {SHARED_DATA_HINT}")
+    else:
+        terminalreporter.write_line(
+            f"{outcomes['passed']} passed, {outcomes['failed']} failed, "
+            f"{outcomes['skipped']} skipped"
+        )
