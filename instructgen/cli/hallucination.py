@@ -9,37 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from instructgen.cli.app import app, console
+from instructgen.curate.chair import chair_table
 from instructgen.errors import InputError
-
-
-def chair_table(figures: dict[str, dict], title: str = "CHAIR") -> Table:
-    """One row per group (and `overall`): CHAIR_i, CHAIR_s, recall in percent, and counts."""
-    table = Table(title=title, title_justify="left")
-    for col in (
-        "group",
-        "CHAIR_i %",
-        "CHAIR_s %",
-        "recall %",
-        "mentions",
-        "hallucinated",
-        "records",
-    ):
-        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
-
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.1f}"
-
-    for group, f in figures.items():
-        table.add_row(
-            group,
-            pct(f["chair_i"]),
-            pct(f["chair_s"]),
-            pct(f["recall"]),
-            str(f["mentions"]),
-            str(f["hallucinated"]),
-            str(f["records"]),
-        )
-    return table
 
 
 @app.command()

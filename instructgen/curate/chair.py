@@ -297,6 +297,39 @@ class ChairTally:
         }
 
 
+def chair_table(figures: dict[str, dict], title: str = "CHAIR"):
+    """A rich table, one row per group of `figures` (ChairTally.figures()): CHAIR_i, CHAIR_s
+    and recall in percent, and the counts."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "group",
+        "CHAIR_i %",
+        "CHAIR_s %",
+        "recall %",
+        "mentions",
+        "hallucinated",
+        "records",
+    ):
+        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    for group, f in figures.items():
+        table.add_row(
+            group,
+            pct(f["chair_i"]),
+            pct(f["chair_s"]),
+            pct(f["recall"]),
+            str(f["mentions"]),
+            str(f["hallucinated"]),
+            str(f["records"]),
+        )
+    return table
+
+
 @dataclass
 class ChairReport:
     """CHAIR of a data set: overall, per task (or group), per record, and what was skipped."""
@@ -315,14 +348,19 @@ class ChairReport:
     def skip(self, reason: str, record_id: str) -> None:
         self.skipped.setdefault(reason, []).append(record_id)
 
-    def to_json(self, source: str = "") -> dict:
-        """chair.json: overall, by_task, records; plus the options and the skipped records."""
+    def figures(self) -> dict:
+        """`overall` and `by_task` (tasks in pipeline order, then other groups by name)."""
         ordered = [t for t in TASKS if t in self.by_task] + sorted(
             t for t in self.by_task if t not in TASKS
         )
         return {
             "overall": self.overall.figures(),
             "by_task": {t: self.by_task[t].figures() for t in ordered},
+        }
+
+    def to_json(self, source: str = "") -> dict:
+        """chair.json: overall, by_task, records; plus the options and the skipped records."""
+        return self.figures() | {
             "records": [r.to_json() for r in self.records],
             "skip_negated": self.skip_negated,
             "source": source,
