@@ -382,27 +382,37 @@ class Truths:
         if image and image in self.by_file_name:
             return self.by_file_name[image]
         if image_id is None and image:
-            digits = re.findall(r"\d+", Path(image).stem)  # COCO_val2014_000000441147.jpg
-            image_id = int(digits[-1]) if digits else None
+            image_id = _coco_id(image)
         return self.by_image_id.get(image_id) if image_id is not None else None
 
 
+def _coco_id(name: str) -> int | None:
+    """The COCO image id in a file name (`COCO_val2014_000000441147.jpg` -> 441147)."""
+    digits = re.findall(r"\d+", Path(name).stem)
+    return int(digits[-1]) if digits else None
+
+
 def read_truths(path: Path) -> Truths:
-    """Ground truth per image from contexts.jsonl (captions and boxes)."""
+    """Ground truth per image from our contexts.jsonl (`image_id, file_name, captions, boxes`)
+    or LLaVA's caps_boxes lines (`image, captions, instances`)."""
     by_file_name: dict[str, frozenset[str]] = {}
     by_image_id: dict[int, frozenset[str]] = {}
     for lineno, obj in iter_jsonl(path):
         try:
-            image_id, file_name = int(obj["image_id"]), str(obj["file_name"])
+            file_name = str(obj.get("file_name") or obj["image"])
+            image_id = int(obj["image_id"]) if "image_id" in obj else _coco_id(file_name)
+            boxes = obj.get("boxes") if "boxes" in obj else obj.get("instances")
             truth = ground_truth(
-                (str(c) for c in obj["captions"]),
-                (str(b["category"]) for b in obj.get("boxes") or ()),
+                (str(c) for c in obj["captions"]), (str(b["category"]) for b in boxes or ())
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(
-                f"{path}:{lineno}: not an image context ({type(e).__name__}: {e})"
+                f"{path}:{lineno}: not an image context: need file_name (or image), captions "
+                f"and boxes (or instances) ({type(e).__name__}: {e})"
             ) from None
-        by_file_name[file_name] = by_image_id[image_id] = truth
+        by_file_name[file_name] = truth
+        if image_id is not None:
+            by_image_id[image_id] = truth
     return Truths(by_file_name, by_image_id)
 
 
