@@ -121,7 +121,7 @@ def pope_score(
     plot_pope(result, plot)
     table = Table(title="POPE (%)", title_justify="left")
     for col in ("split", "n", "accuracy", "precision", "recall", "F1", "yes ratio", "missing"):
-        table.add_column(col, justify="left" if col == "split" else "right")
+        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
     rows = {**result["splits"], "average": result["average"]}
     for split, f in rows.items():
         table.add_row(
