@@ -417,9 +417,15 @@ def read_truths(path: Path) -> Truths:
 
 
 def _task_of(record: dict, fallback: str) -> tuple[str, str | None]:
+    """(task, custom_id): the task from the custom_id, else the record's `task`, else
+    `fallback`."""
     cid = record.get("custom_id")
-    parsed = split_custom_id(cid) if isinstance(cid, str) else None
-    return (parsed[1], cid) if parsed else (fallback, cid if isinstance(cid, str) else None)
+    cid = cid if isinstance(cid, str) else None
+    parsed = split_custom_id(cid) if cid else None
+    if parsed:
+        return parsed[1], cid
+    task = record.get("task")
+    return (task if isinstance(task, str) and task else fallback), cid
 
 
 def score_llava_records(
@@ -427,7 +433,8 @@ def score_llava_records(
 ) -> None:
     """Add the records of one LLaVA JSON list to `report`: their assistant turns are scored.
 
-    A record's task comes from its custom_id (coco-<image>-<task>), else it is `task`.
+    A record's task comes from its custom_id (coco-<image>-<task>) or its `task` field,
+    else it is `task`.
     A record whose image has no context is skipped and counted (reason `no_context`).
     """
     if not isinstance(records, list):
@@ -459,7 +466,7 @@ def score_llava_records(
 
 def chair_of_llava(path: Path, truths: Truths, skip_negated: bool = False) -> ChairReport:
     """CHAIR of a build folder (its per-task files, one group per task) or of a LLaVA JSON
-    (one group, `all`, unless its records carry our custom_ids)."""
+    (one group, `all`, unless its records carry our custom_ids or a `task`)."""
     path = Path(path)
     report = ChairReport(skip_negated)
     if path.is_dir():
