@@ -253,3 +253,14 @@ def test_a_missing_answer_is_never_a_yes():
     assert result["splits"]["random"]["tp"] == 0
     assert result["splits"]["random"]["n"] == 1
     assert result["missing"] == [1]
+
+
+def test_answer_reads_the_question_files_as_they_are(contexts, tmp_path):
+    from instructgen.eval.pope import write_pope
+    from instructgen.eval.records import read_questions
+
+    write_pope(contexts, 5, 0, tmp_path)
+    questions = read_questions(tmp_path / split_file("adversarial"))
+    assert len(questions) == 30
+    assert {q.category for q in questions} == {"adversarial"}
+    assert all(q.image and q.text.startswith("Is there a") for q in questions)
