@@ -263,3 +263,35 @@ def test_report_groups_follow_the_pipeline_task_order():
     for task in ("detail", "complex_reasoning", "conversation"):
         report.add(score_record(task, "x.jpg", task, [(1, "a dog")], truth))
     assert list(report.figures()["by_task"]) == list(TASKS)
+
+
+def test_chair_over_15000_records_runs_in_seconds(tmp_path):
+    """The qa90 GPT-4 answers as LLaVA records, in rotation to 15,000 (benchmarks/chair.py
+    measures it; here only a generous bound, the machine may be shared)."""
+    import time
+
+    from instructgen.curate.chair import chair_of_llava
+
+    questions = {
+        q["question_id"]: q
+        for q in map(json.loads, (QA90 / "qa90_questions.jsonl").read_text().splitlines())
+    }
+    answers = [json.loads(x) for x in (QA90 / "qa90_gpt4_answer.jsonl").read_text().splitlines()]
+    records = [
+        {
+            "id": str(n),
+            "image": questions[a["question_id"]]["image"],
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe it."},
+                {"from": "gpt", "value": a["text"]},
+            ],
+        }
+        for n, a in ((n, answers[n % len(answers)]) for n in range(15_000))
+    ]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(records))
+    start = time.perf_counter()
+    report = chair_of_llava(data, read_truths(QA90 / "caps_boxes_coco2014_val_80.jsonl"))
+    elapsed = time.perf_counter() - start
+    assert report.overall.records == 15_000
+    assert elapsed < 30, f"{elapsed:.1f} s"

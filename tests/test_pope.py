@@ -264,3 +264,14 @@ def test_answer_reads_the_question_files_as_they_are(contexts, tmp_path):
     assert len(questions) == 30
     assert {q.category for q in questions} == {"adversarial"}
     assert all(q.image and q.text.startswith("Is there a") for q in questions)
+
+
+def test_answers_to_other_questions_are_counted_and_ignored(tmp_path):
+    qdir, answers = hand_made(tmp_path)
+    out = tmp_path / "r.json"
+    random_only = qdir / "pope_random.jsonl"
+    args = ["pope", "score", "--questions", str(random_only), "--answers", str(answers)]
+    result = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "4 answers to questions not in" in result.output
+    assert list(json.loads(out.read_text())["splits"]) == ["random"]

@@ -114,7 +114,8 @@ def pope_score(
 
     pope_questions = read_pope_questions(questions)
     known = {q.question_id for q in pope_questions}
-    texts = {qid: a.text for qid, a in read_answers(answers).items() if qid in known}
+    every_answer = read_answers(answers)
+    texts = {qid: a.text for qid, a in every_answer.items() if qid in known}
     result = score_pope(pope_questions, texts)
     write_json(output, result, indent=1)
     plot = output.with_suffix(".png")
@@ -137,5 +138,10 @@ def pope_score(
         console.print(
             f"[yellow]{len(result['missing']):,} questions have no answer[/yellow] "
             f"(listed in {output})"
+        )
+    if len(every_answer) > len(texts):
+        ignored = len(every_answer) - len(texts)
+        console.print(
+            f"[yellow]{ignored:,} answers to questions not in {questions}: ignored[/yellow]"
         )
     console.print(f"[green]wrote[/green] {output} and {plot}")
