@@ -80,7 +80,18 @@ def tiny_llava(test_data):
     return LlavaForConditionalGeneration(config), processor
 
 
-def test_sft_trainer_takes_two_steps_on_the_exported_folder(test_data, tmp_path):
+@pytest.fixture
+def fresh_accelerator_state():
+    """TRL's Trainer sets accelerate's process-wide state; later trainer tests need it unset."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_sft_trainer_takes_two_steps_on_the_exported_folder(
+    test_data, tmp_path, fresh_accelerator_state
+):
     out = tmp_path / "hf"
     export(
         test_data / "train_instruct.json",
