@@ -254,6 +254,7 @@ RECIPE_FILES = $(if $(CC3M),$(RUN)/cc3m/pretrain.json) $(DATA)/llava/llava_instr
         $(if $(SCIENCEQA),$(RUN)/eval/scienceqa/result.json)
 $(RUN)/report.html: $(RECIPE_FILES) | install
 	$(IG) report $(RUN) -o $@
+	@echo "open $@$(if $(TOWERS), (RANDOM-weight towers: no model figure means anything))"
 
 # The demo's own inputs (see demo-recipe): tiny random towers, the bundled images' ids, COCO
 # captions as stage-1 pairs, and questions on the bundled images with the build's answers.
@@ -271,12 +272,9 @@ $(RUN)/demo/questions.jsonl: $(DATA)/llava/llava_instruct.json | install
 $(RUN)/demo/reference.jsonl: $(RUN)/demo/questions.jsonl
 endif
 
+# No recipe of their own: `make -q recipe` answers whether the run is up to date.
 recipe: $(RUN)/report.html
-	@echo "report: $(RUN)/report.html"
-
 demo-recipe: $(RUN)/report.html
-	@echo "demo recipe done (RANDOM-weight towers: no model figure means anything):"
-	@echo "  open $(RUN)/report.html"
 
 clean:
 	rm -rf data demo-out eval-out benchmarks/out runs/demo

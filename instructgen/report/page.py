@@ -107,23 +107,15 @@ def data_section(run: RunFolder) -> Section:
         return s
     stats = run.json(src.STATS)
     num = lambda key, fmt="{:,}": _json_number(stats, src.STATS, key, fmt)  # noqa: E731
-    tasks = list(stats.get("records", {}))
-    s.blocks.append(
-        Table(
-            "Records per task",
-            ["task", "records", "quarantined"],
-            [
-                [
-                    t,
-                    num(f"records/{t}"),
-                    num(f"quarantined_per_task/{t}")
-                    if t in stats.get("quarantined_per_task", {})
-                    else "0",
-                ]
-                for t in tasks
-            ],
-        ),
-    )
+    per_task = stats.get("quarantined_per_task", {})
+
+    def quarantined(task: str) -> Cell:
+        if task == "total":
+            return num("quarantined/total")
+        return num(f"quarantined_per_task/{task}") if task in per_task else "0"
+
+    rows = [[t, num(f"records/{t}"), quarantined(t)] for t in stats.get("records", {})]
+    s.blocks.append(Table("Records per task", ["task", "records", "quarantined"], rows))
     s.blocks.append(
         Table(
             "Quarantine reasons",
