@@ -132,13 +132,15 @@ $(DATA)/llava/llava_instruct.json: $(DATA)/responses.jsonl $(DATA)/requests.json
 
 pipeline: $(DATA)/llava/llava_instruct.json
 
-# The whole chain on the bundled real COCO sample, offline, with the template backend.
+# The whole chain on the bundled COCO sample with photos, offline, with the template backend.
+DEMO_SAMPLE := examples/coco-train2017-16
 demo: install
-	$(MAKE) --no-print-directory pipeline DATA=demo-out BACKEND=template
+	$(MAKE) --no-print-directory pipeline DATA=demo-out BACKEND=template \
+	    CAPTIONS=$(DEMO_SAMPLE)/captions_train2017.json INSTANCES=$(DEMO_SAMPLE)/instances_train2017.json
 	@echo
 	@echo "demo outputs (template backend: the paper's naive caption baseline, no model, no key):"
 	@ls -1 demo-out/*.jsonl demo-out/llava/*
-	@echo "review them: $(IG) review demo-out/llava/llava_instruct.json --contexts demo-out/contexts.jsonl --quarantine demo-out/llava/quarantine.jsonl"
+	@echo "review them: $(IG) review demo-out/llava/llava_instruct.json --contexts demo-out/contexts.jsonl --quarantine demo-out/llava/quarantine.jsonl --images $(DEMO_SAMPLE)/train2017 --db demo-out/review.sqlite"
 
 # --- evaluation ---------------------------------------------------------------------------
 # The GPT-judge relative score on the bundled LLaVA-Bench qa90 files; without OPENAI_API_KEY a

@@ -17,7 +17,7 @@ from instructgen.cc3m import ray_engine as cc3m_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 SAME_BYTES = ("cc3m_filtered.jsonl", "pretrain.json", "np_stats.json", "np_hist.png")
-REAL_ROWS = 2000  # the first rows of the real validation split
+REAL_ROWS = 2000  # cc3m_val_2000.tsv: the first rows of the real validation split
 CAP = 20  # max per phrase: low enough that the walk samples some phrases of 2,000 rows
 BAD = {  # row index -> a bad line planted there
     7: b"a caption without its url\n",
@@ -29,12 +29,12 @@ pytestmark = pytest.mark.timeout(900)  # Ray on 2 shared cores: minutes, not sec
 
 
 @pytest.fixture(scope="module")
-def tsv_runs(ray_local, shared_data, tmp_path_factory):
+def tsv_runs(ray_local, test_data, tmp_path_factory):
     """Real captions with bad rows planted, filtered by both engines with two seeds; the
     ray engine's second run reuses its parsed rows."""
     root = tmp_path_factory.mktemp("engines")
-    lines = (shared_data / "cc3m/Validation_GCC-1.1.0-Validation.tsv").read_bytes()
-    lines = lines.splitlines(keepends=True)[:REAL_ROWS]
+    lines = (test_data / "cc3m_val_2000.tsv").read_bytes().splitlines(keepends=True)
+    assert len(lines) == REAL_ROWS
     for row, line in BAD.items():
         lines[row] = line
     tsv = root / "captions.tsv"

@@ -1,5 +1,6 @@
-"""The CC3M filter on the real CC3M validation captions: the invariants of the pool, the
-parse cache, the outputs, and noun phrases equal to those of the full spaCy pipeline."""
+"""The CC3M filter on real CC3M validation captions (the first 2,000 rows, in tests/data): the
+invariants of the pool, the parse cache, the outputs, and noun phrases equal to those of the
+full spaCy pipeline; and the same invariants on the whole split where ../shared/data has it."""
 
 from __future__ import annotations
 
@@ -14,17 +15,20 @@ from instructgen.cc3m.local import PhraseCache, parse_captions
 from instructgen.cc3m.outputs import BRIEF_INSTRUCTIONS
 from instructgen.cc3m.phrases import model_key, noun_phrases, resolve_model
 
-MIN_FREQ, MAX_PER_PHRASE = 3, 100
+MIN_FREQ = 3
+MAX_PER_PHRASE = 20  # low enough that phrases of 2,000 captions are sampled, not all taken
+ROWS, UNIQUE = 2000, 1981  # rows of cc3m_val_2000.tsv; distinct captions among them
 
 
 @pytest.fixture(scope="module")
-def runs(shared_data, tmp_path_factory):
-    """One parse of all 15,833 captions, then three selections from the same cache."""
-    tsv = shared_data / "cc3m" / "Validation_GCC-1.1.0-Validation.tsv"
+def runs(test_data, tmp_path_factory):
+    """One parse of the 2,000 captions, then three selections from the same cache."""
+    tsv = test_data / "cc3m_val_2000.tsv"
     root = tmp_path_factory.mktemp("cc3m")
     cache = root / "cache.sqlite"
+    options = {"max_per_phrase": MAX_PER_PHRASE, "workers": 2, "cache_path": cache}
     summaries = {
-        name: (filter_cc3m(tsv, root / name, seed=seed, workers=2, cache_path=cache), root / name)
+        name: (filter_cc3m(tsv, root / name, seed=seed, **options), root / name)
         for name, seed in (("seed0", 0), ("seed0_again", 0), ("seed1", 1))
     }
     return summaries
@@ -38,15 +42,13 @@ def stats(out: Path) -> dict:
     return json.loads((out / "np_stats.json").read_text(encoding="utf-8"))
 
 
-def test_every_pool_caption_has_a_phrase_of_at_least_min_freq(runs):
-    _, out = runs["seed0"]
+def assert_every_pool_caption_has_a_phrase_of_at_least_min_freq(out: Path) -> None:
     before = stats(out)["before"]["frequency"]
     for record in pool(out):
         assert max(before[p] for p in record["noun_phrases"]) >= MIN_FREQ, record
 
 
-def test_every_kept_phrase_has_at_least_min_of_its_freq_and_the_cap_in_the_pool(runs):
-    _, out = runs["seed0"]
+def assert_every_kept_phrase_has_at_least_min_of_its_freq_and_the_cap(out: Path, cap: int) -> None:
     before = stats(out)["before"]["frequency"]
     in_pool: dict[str, int] = defaultdict(int)
     for record in pool(out):
@@ -55,15 +57,25 @@ def test_every_kept_phrase_has_at_least_min_of_its_freq_and_the_cap_in_the_pool(
     kept = {p: f for p, f in before.items() if f >= MIN_FREQ}
     assert kept
     for phrase, freq in kept.items():
-        assert in_pool[phrase] >= min(freq, MAX_PER_PHRASE), phrase
+        assert in_pool[phrase] >= min(freq, cap), phrase
+
+
+def test_every_pool_caption_has_a_phrase_of_at_least_min_freq(runs):
+    assert_every_pool_caption_has_a_phrase_of_at_least_min_freq(runs["seed0"][1])
+
+
+def test_every_kept_phrase_has_at_least_min_of_its_freq_and_the_cap_in_the_pool(runs):
+    assert_every_kept_phrase_has_at_least_min_of_its_freq_and_the_cap(
+        runs["seed0"][1], MAX_PER_PHRASE
+    )
 
 
 def test_rerunning_with_another_seed_parses_nothing(runs):
     first, _ = runs["seed0"]
-    assert first.parsed == first.unique_captions == 15543
+    assert first.parsed == first.unique_captions == UNIQUE
     for name in ("seed0_again", "seed1"):
         summary, _ = runs[name]
-        assert (summary.parsed, summary.cached) == (0, 15543)
+        assert (summary.parsed, summary.cached) == (0, UNIQUE)
 
 
 def test_the_same_seed_gives_the_same_outputs(runs):
@@ -90,14 +102,14 @@ def test_stats_agree_with_the_pool_and_the_input(runs):
     s = stats(out)
     records = pool(out)
     assert s["input"] == {
-        "rows": 15833,
+        "rows": ROWS,
         "bad_lines": 0,
-        "unique_captions": 15543,
+        "unique_captions": UNIQUE,
         "bad_line_examples": [],
     }
-    assert s["before"]["captions"] == 15833
+    assert s["before"]["captions"] == ROWS
     assert s["after"]["captions"] == len(records) == summary.pool
-    assert 0 < summary.pool < 15833
+    assert 0 < summary.pool < ROWS
     after = defaultdict(int)
     for record in records:
         for phrase in record["noun_phrases"]:
@@ -152,3 +164,15 @@ def test_worker_processes_give_the_same_phrases_in_the_same_order(test_data, tmp
     assert list(parse_captions(texts, model, two, workers=2)) == list(
         parse_captions(texts, model, one, workers=1)
     )
+
+
+@pytest.mark.shared_data
+def test_the_whole_validation_split_keeps_the_pool_invariants(shared_data, tmp_path):
+    """All 15,833 rows (15,543 distinct captions) with the default cap of 100 per phrase."""
+    tsv = shared_data / "cc3m" / "Validation_GCC-1.1.0-Validation.tsv"
+    summary = filter_cc3m(tsv, tmp_path / "out", workers=2, cache_path=tmp_path / "c.sqlite")
+    assert (summary.rows, summary.unique_captions, summary.parsed) == (15833, 15543, 15543)
+    assert stats(tmp_path / "out")["input"]["bad_lines"] == 0
+    assert 0 < summary.pool < 15833
+    assert_every_pool_caption_has_a_phrase_of_at_least_min_freq(tmp_path / "out")
+    assert_every_kept_phrase_has_at_least_min_of_its_freq_and_the_cap(tmp_path / "out", 100)

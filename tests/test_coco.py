@@ -156,14 +156,15 @@ def test_cli_prints_a_summary_with_every_count(test_data, tmp_path):
     assert len(out.read_text().splitlines()) == 3
 
 
-def test_full_train_sample_gives_one_context_per_image(shared_data, tmp_path):
-    ann = shared_data / "coco-mini" / "annotations"
+def test_a_real_sample_gives_one_context_per_image_with_every_caption_and_box(test_data, tmp_path):
+    """Four COCO train2017 images: 20 captions, 68 instances of which one is crowd."""
+    ann = test_data / "coco_train2017" / "annotations"
     out = tmp_path / "contexts.jsonl"
     summary = write_contexts(ann / "captions_train2017.json", out, ann / "instances_train2017.json")
-    assert summary.contexts == 80 and summary.captions == 400
+    assert summary.contexts == 4 and summary.captions == 20
     assert (
-        summary.crowd_dropped == 8
-        and summary.boxes + summary.crowd_dropped + summary.zero_area_dropped == 739
+        summary.crowd_dropped == 1
+        and summary.boxes + summary.crowd_dropped + summary.zero_area_dropped == 68
     )
 
 

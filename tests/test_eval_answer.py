@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from openai_server import OpenAITestServer, ServerConfig
@@ -19,10 +22,10 @@ N = 6  # the first six qa90 questions: two images, each with conv, detail and co
 
 
 @pytest.fixture
-def qa90(shared_data, tmp_path, test_data):
+def qa90(tmp_path, test_data):
     """The first N real qa90 questions and their two images (real COCO photos standing in
     for the val2014 ones, which are not bundled)."""
-    lines = (shared_data / "llava" / "qa90_questions.jsonl").read_text().splitlines()[:N]
+    lines = (test_data / "llava" / "qa90_questions.jsonl").read_text().splitlines()[:N]
     questions = tmp_path / "questions.jsonl"
     questions.write_text("\n".join(lines) + "\n")
     images = tmp_path / "images"
@@ -278,6 +281,46 @@ def test_a_model_name_without_base_url_says_to_add_one(tmp_path):
     assert "add --base-url URL" in str(result.exception)
 
 
+def answer_without_torch(*args) -> subprocess.CompletedProcess:
+    """`instructgen answer` in a fresh interpreter where `import torch` fails, as it does
+    without the [train] extra, whether or not this venv has it."""
+    code = "import sys; sys.modules['torch'] = None; from instructgen.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "answer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"OPENAI_API_KEY": KEY},
+    )
+
+
+def test_without_the_train_extra_a_model_name_still_says_to_add_base_url(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Why is the sky blue?"}) + "\n")
+    result = answer_without_torch(
+        "--questions", questions, "-o", tmp_path / "a.jsonl", "--model", "gpt-4o"
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "gpt-4o: no such checkpoint folder" in line and "add --base-url URL" in line
+    assert "[train]" not in line
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_without_the_train_extra_a_checkpoint_folder_names_the_extra(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Why is the sky blue?"}) + "\n")
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    result = answer_without_torch(
+        "--questions", questions, "-o", tmp_path / "a.jsonl", "--model", checkpoint
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "needs the [train] extra (" in line and "is not installed)" in line
+    assert "make install-train" in line and "--base-url" not in line
+
+
 def test_a_question_the_endpoint_refuses_is_reported_and_asked_again_on_rerun(
     qa90, tmp_path, server
 ):
@@ -316,12 +359,12 @@ def test_a_question_without_a_response_line_counts_as_failed_not_answered(tmp_pa
     assert [a["question_id"] for a in read_lines(out)] == [1]
 
 
-def test_an_output_holding_answers_without_model_id_names_them_so(shared_data, tmp_path):
+def test_an_output_holding_answers_without_model_id_names_them_so(test_data, tmp_path):
     from instructgen.eval.answer import AnswerFile
     from instructgen.eval.records import read_questions
 
     out = tmp_path / "answers.jsonl"
-    shutil.copy(shared_data / "llava" / "qa90_gpt4_answer.jsonl", out)  # LLaVA's: no model_id
-    items = read_questions(shared_data / "llava" / "qa90_questions.jsonl")
+    shutil.copy(test_data / "llava" / "qa90_gpt4_answer.jsonl", out)  # LLaVA's: no model_id
+    items = read_questions(test_data / "llava" / "qa90_questions.jsonl")
     with pytest.raises(InputError, match=r"holds answers of \(no model_id\), not tiny"):
         AnswerFile(out, items, "tiny")

@@ -24,8 +24,9 @@ UNPARSED_QID = 89  # a complex question whose verdict gives no scores
 
 
 @pytest.fixture(scope="module")
-def qa90(shared_data):
-    return shared_data / "llava"
+def qa90(test_data):
+    """LLaVA-Bench qa90: its questions, GPT-4's answers and the images' contexts."""
+    return test_data / "llava"
 
 
 def write_candidate(path):

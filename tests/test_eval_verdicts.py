@@ -72,8 +72,8 @@ def test_anything_else_is_unparsed(text):
     assert parse_verdict(text) is None
 
 
-def test_the_240_real_gpt4_verdicts_parse_as_recorded(shared_data):
-    files = sorted((shared_data / "llava" / "reviews").glob("review_*.jsonl"))
+def test_the_240_real_gpt4_verdicts_parse_as_recorded(test_data):
+    files = sorted((test_data / "llava" / "reviews").glob("review_*.jsonl"))
     seen = 0
     for path in files:
         for line in path.read_text().splitlines():
@@ -85,8 +85,8 @@ def test_the_240_real_gpt4_verdicts_parse_as_recorded(shared_data):
     assert seen == 240
 
 
-def test_the_real_math_verdicts_with_a_scores_block_parse_from_their_text(shared_data):
-    reviews = shared_data / "llava" / "reviews" / "review_gpt35_vicuna-13b.jsonl"
+def test_the_real_math_verdicts_with_a_scores_block_parse_from_their_text(test_data):
+    reviews = test_data / "llava" / "reviews" / "review_gpt35_vicuna-13b.jsonl"
     math = [json.loads(line) for line in reviews.read_text().splitlines()][67:70]
     assert [r["question_id"] for r in math] == [68, 69, 70]
     assert all(not r["text"].startswith(str(int(r["score"][0]))) for r in math)

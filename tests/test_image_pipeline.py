@@ -37,9 +37,9 @@ def server():
 
 
 @pytest.fixture
-def job(shared_data, tmp_path) -> dict[str, Path]:
+def job(test_data, tmp_path) -> dict[str, Path]:
     """Contexts of the real COCO sample and their inline-image requests."""
-    coco = shared_data / "coco-mini"
+    coco = test_data / "coco_train2017"
     contexts, requests = tmp_path / "contexts.jsonl", tmp_path / "requests.jsonl"
     write_contexts(
         coco / "annotations" / "captions_train2017.json",

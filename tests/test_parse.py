@@ -299,9 +299,9 @@ def test_refusal_phrase_inside_a_usable_answer_is_flagged():
     assert flags_of("conversation", answer) == ["refusal"]
 
 
-def test_real_gpt4_answers_parse_in_our_formats(shared_data):
+def test_real_gpt4_answers_parse_in_our_formats(test_data):
     """The 90 real GPT-4 samples, written in the formats our prompts ask for, all parse."""
-    path = shared_data / "llava" / "coco2014_val_gpt4_qa_30x3.jsonl"
+    path = test_data / "llava" / "coco2014_val_gpt4_qa_30x3.jsonl"
     tasks = {"conv": "conversation", "detail": "detail", "complex": "complex_reasoning"}
     for line in path.read_text(encoding="utf-8").splitlines():
         sample = json.loads(line)

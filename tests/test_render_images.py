@@ -26,14 +26,15 @@ LIMIT = 4
 
 
 @pytest.fixture(scope="module")
-def coco_mini(shared_data) -> Path:
-    return shared_data / "coco-mini"
+def coco_sample(test_data) -> Path:
+    """Four real COCO train2017 images: their annotations and JPEGs."""
+    return test_data / "coco_train2017"
 
 
 @pytest.fixture
-def contexts(coco_mini, tmp_path) -> Path:
+def contexts(coco_sample, tmp_path) -> Path:
     out = tmp_path / "contexts.jsonl"
-    annotations = coco_mini / "annotations"
+    annotations = coco_sample / "annotations"
     write_contexts(
         annotations / "captions_train2017.json",
         out,
@@ -93,8 +94,8 @@ def test_a_base_url_is_joined_with_each_file_name(contexts):
         assert url.endswith(".jpg") and "//0000" not in url
 
 
-def test_inline_mode_sends_a_jpeg_no_larger_than_the_max_side(contexts, coco_mini):
-    image = ImageInput("inline", images_dir=coco_mini / "train2017", max_side=320)
+def test_inline_mode_sends_a_jpeg_no_larger_than_the_max_side(contexts, coco_sample):
+    image = ImageInput("inline", images_dir=coco_sample / "train2017", max_side=320)
     requests = rendered(contexts, image)
     assert len(requests) == LIMIT * len(TASKS)
     for request in requests:
@@ -103,15 +104,15 @@ def test_inline_mode_sends_a_jpeg_no_larger_than_the_max_side(contexts, coco_min
         assert img.format == "JPEG" and max(img.size) == 320
 
 
-def test_an_image_within_the_max_side_is_sent_byte_for_byte(contexts, coco_mini):
-    request = rendered(contexts, ImageInput("inline", images_dir=coco_mini / "train2017"))[0]
+def test_an_image_within_the_max_side_is_sent_byte_for_byte(contexts, coco_sample):
+    request = rendered(contexts, ImageInput("inline", images_dir=coco_sample / "train2017"))[0]
     url = image_parts(request)[0]["image_url"]["url"]
     name = next(iter_jsonl(contexts))[1]["file_name"]
-    assert base64.b64decode(url.split(",", 1)[1]) == (coco_mini / "train2017" / name).read_bytes()
+    assert base64.b64decode(url.split(",", 1)[1]) == (coco_sample / "train2017" / name).read_bytes()
 
 
-def test_the_prefix_is_byte_identical_across_a_tasks_requests(contexts, coco_mini):
-    image = ImageInput("inline", images_dir=coco_mini / "train2017")
+def test_the_prefix_is_byte_identical_across_a_tasks_requests(contexts, coco_sample):
+    image = ImageInput("inline", images_dir=coco_sample / "train2017")
     prefixes: dict[str, set[str]] = {}
     for request in rendered(contexts, image):
         task = request["custom_id"].split("-", 2)[2]
@@ -131,11 +132,11 @@ def test_seeds_are_the_same_in_both_modes_and_only_the_system_prompt_says_an_ima
         assert messages[-1]["content"] == url[cid][-1]["content"][1]["text"]
 
 
-def test_a_missing_image_file_is_an_error_listing_the_image_ids(contexts, coco_mini, tmp_path):
+def test_a_missing_image_file_is_an_error_listing_the_image_ids(contexts, coco_sample, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     first = next(iter_jsonl(contexts))[1]
-    shutil.copy(coco_mini / "train2017" / first["file_name"], images)
+    shutil.copy(coco_sample / "train2017" / first["file_name"], images)
     with pytest.raises(InputError) as e:
         rendered(contexts, ImageInput("inline", images_dir=images))
     others = [o["image_id"] for _, o in iter_jsonl(contexts)][1:]
@@ -143,9 +144,9 @@ def test_a_missing_image_file_is_an_error_listing_the_image_ids(contexts, coco_m
     assert not (tmp_path / "requests.jsonl").exists()
 
 
-def test_a_file_that_is_no_image_is_an_error_naming_it(contexts, coco_mini, tmp_path):
+def test_a_file_that_is_no_image_is_an_error_naming_it(contexts, coco_sample, tmp_path):
     images = tmp_path / "images"
-    shutil.copytree(coco_mini / "train2017", images)
+    shutil.copytree(coco_sample / "train2017", images)
     name = next(iter_jsonl(contexts))[1]["file_name"]
     (images / name).write_text("not a picture")
     with pytest.raises(InputError, match=f"{name}: not a readable image"):
@@ -153,10 +154,10 @@ def test_a_file_that_is_no_image_is_an_error_naming_it(contexts, coco_mini, tmp_
 
 
 def test_a_jpeg_cut_short_is_an_error_naming_it_not_a_request_the_api_rejects(
-    contexts, coco_mini, tmp_path
+    contexts, coco_sample, tmp_path
 ):
     images = tmp_path / "images"
-    shutil.copytree(coco_mini / "train2017", images)
+    shutil.copytree(coco_sample / "train2017", images)
     name = next(iter_jsonl(contexts))[1]["file_name"]
     whole = (images / name).read_bytes()
     (images / name).write_bytes(whole[: len(whole) // 2])  # an interrupted download
@@ -165,11 +166,11 @@ def test_a_jpeg_cut_short_is_an_error_naming_it_not_a_request_the_api_rejects(
     assert not (tmp_path / "requests.jsonl").exists()
 
 
-def test_an_image_over_pils_pixel_guard_is_an_error_naming_it(contexts, coco_mini, monkeypatch):
+def test_an_image_over_pils_pixel_guard_is_an_error_naming_it(contexts, coco_sample, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # every COCO photo is over 2 x this
     name = next(iter_jsonl(contexts))[1]["file_name"]
     with pytest.raises(InputError, match=f"{name}: too large to decode safely"):
-        rendered(contexts, ImageInput("inline", images_dir=coco_mini / "train2017"))
+        rendered(contexts, ImageInput("inline", images_dir=coco_sample / "train2017"))
     assert not (contexts.parent / "requests.jsonl").exists()
 
 
@@ -215,8 +216,8 @@ def test_low_detail_images_cost_85_tokens_each(contexts):
     assert est.total.image_tokens == 85 * len(requests)
 
 
-def test_inline_images_are_measured_from_their_jpeg(contexts, coco_mini):
-    image = ImageInput("inline", "high", images_dir=coco_mini / "train2017", max_side=500)
+def test_inline_images_are_measured_from_their_jpeg(contexts, coco_sample):
+    image = ImageInput("inline", "high", images_dir=coco_sample / "train2017", max_side=500)
     requests = rendered(contexts, image)
     est = estimate_requests(contexts.parent / "requests.jsonl")
     assert est.total.image_tokens == (85 + 170) * len(requests)  # at most 500 px: one tile
@@ -242,9 +243,9 @@ def test_url_images_without_their_contexts_have_unknown_tokens_and_cost(contexts
 
 
 def test_the_estimate_says_how_many_files_the_batch_api_split_uploads(
-    contexts, coco_mini, monkeypatch
+    contexts, coco_sample, monkeypatch
 ):
-    rendered(contexts, ImageInput("inline", images_dir=coco_mini / "train2017"))
+    rendered(contexts, ImageInput("inline", images_dir=coco_sample / "train2017"))
     requests = contexts.parent / "requests.jsonl"
     assert estimate_requests(requests).batch_files == 1
     shortest = min(len(x) for x in requests.read_bytes().splitlines(keepends=True))
@@ -261,17 +262,17 @@ def test_image_totals_leave_out_the_requests_already_done(contexts):
     assert totals.cost_usd == pytest.approx(85 * (len(requests) - 5) * 2.50 / 1e6)
 
 
-def test_an_image_that_is_no_jpeg_is_sent_as_one(contexts, coco_mini, tmp_path):
+def test_an_image_that_is_no_jpeg_is_sent_as_one(contexts, coco_sample, tmp_path):
     images = tmp_path / "images"
-    shutil.copytree(coco_mini / "train2017", images)
+    shutil.copytree(coco_sample / "train2017", images)
     name = next(iter_jsonl(contexts))[1]["file_name"]
     Image.open(images / name).save(images / name, "PNG")  # a PNG under a .jpg name
     request = rendered(contexts, ImageInput("inline", images_dir=images))[0]
     assert decoded(image_parts(request)[0]["image_url"]["url"]).format == "JPEG"
 
 
-def test_options_of_the_other_image_mode_are_refused(coco_mini):
+def test_options_of_the_other_image_mode_are_refused(coco_sample):
     with pytest.raises(InputError, match="--images is for --image inline"):
-        ImageInput("url", images_dir=coco_mini / "train2017")
+        ImageInput("url", images_dir=coco_sample / "train2017")
     with pytest.raises(InputError, match="--image-base-url is for --image url"):
-        ImageInput("inline", base_url="https://example.org/", images_dir=coco_mini / "train2017")
+        ImageInput("inline", base_url="https://example.org/", images_dir=coco_sample / "train2017")

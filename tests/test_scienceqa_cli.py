@@ -105,7 +105,7 @@ def test_convert_writes_one_record_per_problem_of_the_split(official, tmp_path, 
 
 
 def test_converted_records_are_what_the_trainer_reads(official, tmp_path, problems):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="needs the [train] extra: make install-train")
     from instructgen.train.data import check_template, read_records
 
     images = official_images(tmp_path / "images", problems)

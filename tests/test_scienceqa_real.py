@@ -1,7 +1,9 @@
-"""ScienceQA against real data: LLaVA-13B's 4,241 released test outputs, real problems.
+"""ScienceQA against real data: LLaVA-13B's released test outputs, real problems.
 
-../shared/data/llava/test_sqa_llava_13b_v0.json holds each output and the choice index
-LLaVA's own scorer extracted from it; problems_1773.json holds 361 of the test problems.
+LLaVA's test_sqa_llava_13b_v0.json holds each output and the choice index LLaVA's own scorer
+extracted from it. tests/data keeps the outputs of the 361 test problems in
+scienceqa/problems.json (with the first 100 train problems) and of pid 3247; the whole file
+(4,241 outputs) is read from ../shared/data where it is.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from instructgen.scienceqa.problems import (
 MOST_CHOICES = 5  # ScienceQA problems have 2 to 5 options
 
 
-@pytest.fixture(scope="module")
-def llava(shared_data):
-    return json.loads((shared_data / "llava" / "test_sqa_llava_13b_v0.json").read_text())
+LLAVA_OUTPUTS = "llava/test_sqa_llava_13b_v0_362.json"
 
 
 @pytest.fixture(scope="module")
-def test_split(shared_data):
-    sqa = shared_data / "scienceqa"
-    return read_official(sqa / "problems_1773.json", sqa / "pid_splits.json", "test")
+def llava(test_data):
+    return json.loads((test_data / LLAVA_OUTPUTS).read_text())
+
+
+@pytest.fixture(scope="module")
+def test_split(test_data):
+    sqa = test_data / "scienceqa"
+    return read_official(sqa / "problems.json", sqa / "pid_splits.json", "test")
 
 
 def test_extraction_agrees_with_llava_on_every_test_problem_present(llava, test_split):
@@ -40,10 +45,9 @@ def test_extraction_agrees_with_llava_on_every_test_problem_present(llava, test_
         assert got.index == llava["results"][p.pid], p.pid
 
 
-def test_extraction_parses_all_4241_outputs_and_differs_only_where_llava_guessed(llava):
+def assert_extraction_differs_only_where_llava_guessed(llava: dict) -> None:
     """Without the problem, assume the most options (5). LLaVA's scorer picks a random option
     when the letter is beyond the problem's options; that happened once, for pid 3247."""
-    assert len(llava["outputs"]) == 4241
     differ = set()
     for pid, text in llava["outputs"].items():
         got = extract_choice(text, MOST_CHOICES)
@@ -55,13 +59,25 @@ def test_extraction_parses_all_4241_outputs_and_differs_only_where_llava_guessed
     assert llava["results"]["3247"] != 3
 
 
-def test_llava_outputs_score_88_64_on_the_361_test_problems_present(shared_data, test_split):
-    answers = read_answers(shared_data / "llava" / "test_sqa_llava_13b_v0.json")
+def test_extraction_parses_all_362_outputs_and_differs_only_where_llava_guessed(llava):
+    assert len(llava["outputs"]) == 362
+    assert_extraction_differs_only_where_llava_guessed(llava)
+
+
+@pytest.mark.shared_data
+def test_extraction_parses_all_4241_outputs_and_differs_only_where_llava_guessed(shared_data):
+    llava = json.loads((shared_data / "llava" / "test_sqa_llava_13b_v0.json").read_text())
+    assert len(llava["outputs"]) == 4241
+    assert_extraction_differs_only_where_llava_guessed(llava)
+
+
+def test_llava_outputs_score_88_64_on_the_361_test_problems_present(test_data, test_split):
+    answers = read_answers(test_data / LLAVA_OUTPUTS)
     score = score_answers(test_split.problems, answers)
     assert (score.correct, score.count) == (320, 361)
     assert score.breakdown["Avg"] == 88.64
     assert score.unparsed == {} and score.missing == []
-    assert score.ignored == 4241 - 361
+    assert score.ignored == 1  # pid 3247, whose problem is not in the file
 
 
 def test_breakdown_matches_a_plain_count_over_llavas_own_indices(llava, test_split):
@@ -84,12 +100,12 @@ def test_breakdown_matches_a_plain_count_over_llavas_own_indices(llava, test_spl
 
 
 @pytest.mark.parametrize("code", ["QCM-LEA", "QCM-ALE", "QCM-AE", "QCM-A", "CQM-A"])
-def test_every_required_format_converts_the_real_train_problems(shared_data, code):
-    sqa = shared_data / "scienceqa"
-    train = read_official(sqa / "problems_1773.json", sqa / "pid_splits.json", "train")
+def test_every_required_format_converts_the_real_train_problems(test_data, code):
+    sqa = test_data / "scienceqa"
+    train = read_official(sqa / "problems.json", sqa / "pid_splits.json", "train")
     fmt = parse_format(code)
     records = [llava_record(p, fmt) for p in train.problems]
-    assert len(train.problems) == 1041 and all(records)
+    assert len(train.problems) == 100 and all(records)
     for p, r in zip(train.problems, records, strict=True):
         human, gpt = (turn["value"] for turn in r["conversations"])
         assert human.count("<image>") == (1 if p.image else 0)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+pytest.importorskip("torch", reason="needs the [train] extra: make install-train")
+pytest.importorskip("transformers", reason="needs the [train] extra: make install-train")
 
 from PIL import Image  # noqa: E402
 from train_tiny import TEMPLATE_TEXT, build_tokenizer  # noqa: E402

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs the [train] extra: make install-train")
+pytest.importorskip("transformers", reason="needs the [train] extra: make install-train")
 
 from train_tiny import write_config_only_towers  # noqa: E402
 

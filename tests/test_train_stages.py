@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs the [train] extra: make install-train")
+pytest.importorskip("transformers", reason="needs the [train] extra: make install-train")
 
 from safetensors.torch import load_file  # noqa: E402
 from transformers import (  # noqa: E402

@@ -22,7 +22,7 @@ from instructgen.cli.options import (
     TIMEOUT,
     TPM,
 )
-from instructgen.errors import InstructgenError
+from instructgen.errors import InputError, InstructgenError
 
 JOURNAL = typer.Option(None, "--journal", help="SQLite journal of the requests (for resume).")
 
@@ -162,6 +162,11 @@ def _answer_with_checkpoint(
 ):
     from instructgen.cli.train import _require_train_extra
 
+    if not model.is_dir():  # a model's name: it needs --base-url, whatever is installed
+        raise InputError(
+            f"{model}: no such checkpoint folder; for a model an endpoint serves, "
+            "add --base-url URL (e.g. --base-url https://api.openai.com/v1 --model gpt-4o)"
+        )
     _require_train_extra()
     import torch
     from rich.progress import (
