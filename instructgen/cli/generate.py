@@ -38,15 +38,25 @@ def coco(
     image_ids: Path | None = typer.Option(
         None, help="File with the image ids to keep, one per line."
     ),
+    exclude_images: list[Path] = typer.Option(
+        [],
+        "--exclude-images",
+        help="Evaluation files whose images get no context (so no request, no cost): LLaVA "
+        "question JSONL, POPE files, or one image name or id per line. "
+        "COCO_val2014_000000441147.jpg, 000000441147.jpg and 441147 are one image. "
+        "Repeat the option for several files.",
+    ),
 ) -> None:
     """COCO annotations -> one image context (captions + normalized boxes) per image.
 
     Crowd boxes are dropped, boxes reaching outside the image are clipped, boxes with no
     area are dropped; each is counted in the summary. Images without captions are reported.
+    LLaVA-Bench (COCO) asks about 30 val2014 images, 27 of them in train2017: pass its
+    questions with --exclude-images before generating from train2017.
     """
     from instructgen.generate.coco import write_contexts
 
-    s = write_contexts(captions, output, instances, limit, image_ids)
+    s = write_contexts(captions, output, instances, limit, image_ids, tuple(exclude_images))
     console.print(
         f"[green]wrote[/green] {output}: {s.contexts} contexts from {s.images} images, "
         f"{s.captions} captions, {s.boxes} boxes "
@@ -57,6 +67,8 @@ def coco(
         more = f" and {len(s.no_captions) - 10} more" if len(s.no_captions) > 10 else ""
         n = len(s.no_captions)
         console.print(f"[yellow]{n} images have no captions[/yellow]: {shown}{more}")
+    for path, dropped in s.excluded.items():
+        console.print(f"excluded {dropped} images named in {path}")
 
 
 @app.command()

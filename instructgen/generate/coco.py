@@ -11,6 +11,8 @@ The box rule, applied to every instance annotation:
   3 decimals of the output) are dropped;
 - boxes are listed largest first, so the most salient objects lead the context.
 Images without captions get no context; they are counted and their first ids are reported.
+Images named by an evaluation file (`exclude.py`) get no context either, so no request and no
+money is spent on them; they are counted per file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from instructgen.contracts import Box, ImageContext
 from instructgen.errors import InputError
 from instructgen.files import atomic_writer, read_json, require_file
+from instructgen.generate.exclude import Exclusions, image_key, read_exclusions
 
 BOX_DECIMALS = 3
 
@@ -42,6 +45,7 @@ class CocoSummary:
     zero_area_dropped: int = 0
     clipped: int = 0
     no_captions: list[int] = field(default_factory=list)
+    excluded: dict[Path, int] = field(default_factory=dict)  # evaluation file -> images dropped
 
 
 def normalize_box(
@@ -123,8 +127,12 @@ def iter_contexts(
     limit: int | None = None,
     image_ids: list[int] | None = None,
     summary: CocoSummary | None = None,
+    exclusions: Exclusions | None = None,
 ) -> Iterator[ImageContext]:
-    """Yield one ImageContext per selected image that has captions, in image-id order."""
+    """Yield one ImageContext per selected image that has captions, in image-id order.
+
+    Images named in `exclusions` are skipped before `limit` applies, and counted per file.
+    """
     summary = summary if summary is not None else CocoSummary()
     caps = _load_coco(Path(captions_path), ("images", "annotations"), CAPTION_KEYS)
     for ann in caps.dataset["annotations"]:
@@ -160,6 +168,13 @@ def iter_contexts(
                 + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             )
         selected = list(dict.fromkeys(image_ids))
+    if exclusions is not None:
+        excluded = exclusions.coco_ids()
+        summary.excluded = dict.fromkeys(exclusions.named, 0)
+        for image_id in selected:
+            if image_id in excluded:
+                summary.excluded[exclusions.source(image_key(image_id))] += 1
+        selected = [i for i in selected if i not in excluded]
     if limit is not None:
         selected = selected[:limit]
 
@@ -199,11 +214,16 @@ def write_contexts(
     instances_path: Path | None = None,
     limit: int | None = None,
     image_ids_path: Path | None = None,
+    exclude_paths: tuple[Path, ...] = (),
 ) -> CocoSummary:
-    """Write contexts.jsonl atomically, streaming one line per image; return the counts."""
+    """Write contexts.jsonl atomically, streaming one line per image; return the counts.
+
+    `exclude_paths`: evaluation files whose images get no context (see `exclude.py`).
+    """
     summary = CocoSummary()
     image_ids = read_image_ids(image_ids_path) if image_ids_path else None
-    contexts = iter_contexts(captions_path, instances_path, limit, image_ids, summary)
+    exclusions = read_exclusions(exclude_paths) if exclude_paths else None
+    contexts = iter_contexts(captions_path, instances_path, limit, image_ids, summary, exclusions)
     with atomic_writer(output) as f:
         for ctx in contexts:
             f.write(json.dumps(ctx.to_json(), ensure_ascii=False))
