@@ -273,7 +273,7 @@ def test_failure_while_merging_leaves_every_previous_output_untouched(inputs, tm
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before
     assert sorted(before) == sorted(
-        [f"{t}.json" for t in TASKS] + ["quarantine.jsonl", "stats.json"]
+        [f"{t}.json" for t in TASKS] + ["quarantine.jsonl", "chair.json", "stats.json"]
     )
 
 

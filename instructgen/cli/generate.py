@@ -349,7 +349,8 @@ def build(
     """Responses -> LLaVA training JSON, with every rejection explained.
 
     Writes into OUT: llava_instruct.json (all tasks, shuffled), <task>.json,
-    quarantine.jsonl (each request that became no record: reason, raw text)
+    quarantine.jsonl (each request that became no record: reason, raw text),
+    chair.json (CHAIR object hallucination per record, as `chair` writes it)
     and stats.json. Fails unless records + quarantined = requests + unknown
     + duplicate responses.
     """
@@ -360,7 +361,8 @@ def build(
     Console().print(stats_report(stats))
     console.print(
         f"[green]wrote[/green] {output}/llava_instruct.json ({stats['records']['total']} records), "
-        f"quarantine.jsonl ({stats['quarantined']['total']}), per-task files, stats.json"
+        f"quarantine.jsonl ({stats['quarantined']['total']}), per-task files, chair.json, "
+        "stats.json"
     )
 
 
@@ -368,7 +370,8 @@ def build(
 def stats(
     path: Path = typer.Argument(..., help="A build output folder, or its stats.json."),
 ) -> None:
-    """Print the tables of a finished build (its stats.json)."""
+    """Print the tables of a finished build (its stats.json): records, rejections, flags and
+    CHAIR (object hallucination: CHAIR_i, CHAIR_s, recall, in percent)."""
     from instructgen.curate.build import read_stats_report
 
     Console().print(read_stats_report(path))

@@ -37,6 +37,12 @@ def review_serve(
     quarantine: Path | None = typer.Option(
         None, help="quarantine.jsonl from `build`: its responses can be read and rescued."
     ),
+    chair: Path | None = typer.Option(
+        None,
+        help="chair.json (CHAIR: `build` writes it beside the records, `instructgen chair` "
+        "too): hallucinated objects are marked in the answers and the summary shows the "
+        "figures. Default: the chair.json beside RECORDS, if there is one.",
+    ),
     images: Path | None = typer.Option(
         None,
         help="Folder of the images (e.g. COCO train2017); files are served only from "
@@ -61,10 +67,12 @@ def review_serve(
     if images is not None and not images.is_dir():
         raise InstructgenError(f"--images {images}: no such folder")
     check_port_free(host, port)
+    if chair is None and (records.parent / "chair.json").is_file():
+        chair = records.parent / "chair.json"
     conn = open_store(db)
     try:
         with console.status(f"importing into {db} (once; about 30 s per 158K records)"):
-            report = import_sources(conn, Sources(records, contexts, quarantine))
+            report = import_sources(conn, Sources(records, contexts, quarantine, chair))
     finally:
         conn.close()
     what = "imported" if report.imported else "already imported"

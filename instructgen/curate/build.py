@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from instructgen.contracts import IMAGE_TOKEN, TASKS, split_custom_id
+from instructgen.curate.chair import ChairReport, chair_table, ground_truth, score_record
 from instructgen.curate.parse import (
     REASONS,
     Rejection,
@@ -44,6 +45,7 @@ from instructgen.generate.prompts import INSTRUCTIONS_DIR, read_instructions
 from instructgen.generate.template_backend import BACKEND as TEMPLATE_BACKEND
 
 MERGED_NAME = "llava_instruct.json"
+CHAIR_NAME = "chair.json"
 INVARIANT = "records + quarantined = requests + unknown_responses + duplicate_responses"
 
 
@@ -60,10 +62,12 @@ class RequestInfo:
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """What build keeps of one image context: its file name and the categories it shows."""
+    """What build keeps of one image context: its file name, the categories it shows (for
+    the `unseen_category` flag) and its CHAIR ground truth."""
 
     file_name: str
     present: frozenset[str]
+    truth: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,9 @@ def load_contexts(path: Path) -> dict[int, ImageInfo]:
                 f"{first_line[image_id]}; give each image one context"
             )
         first_line[image_id] = lineno
-        images[image_id] = ImageInfo(file_name, present_categories(captions, boxes))
+        images[image_id] = ImageInfo(
+            file_name, present_categories(captions, boxes), ground_truth(captions, boxes)
+        )
     return images
 
 
@@ -264,6 +270,7 @@ class StatsCollector:
     unseen_categories: Counter = field(default_factory=Counter)
     turns: array = field(default_factory=lambda: array("I"))
     words: dict[str, array] = field(default_factory=lambda: {t: array("I") for t in TASKS})
+    chair: ChairReport = field(default_factory=ChairReport)
 
     def add_record(self, info: RequestInfo, turns: tuple[Turn, ...], flags: list[str]) -> None:
         task = info.task
@@ -310,7 +317,8 @@ def build(
     seed: int = 0,
     instructions_dir: Path = INSTRUCTIONS_DIR,
 ) -> dict:
-    """Write OUT/<task>.json, OUT/llava_instruct.json, OUT/quarantine.jsonl, OUT/stats.json.
+    """Write OUT/<task>.json, OUT/llava_instruct.json, OUT/quarantine.jsonl, OUT/chair.json
+    (CHAIR of every record, as `instructgen chair` writes it), OUT/stats.json.
 
     Returns the stats dict (also written as stats.json). Raises InstructgenError when the
     inputs disagree (a request whose image has no context) or the invariant does not hold.
@@ -341,6 +349,7 @@ def build(
         for f in task_files:
             f.write(b"[\n")
         quarantine = stack.enter_context(atomic_writer(out_dir / "quarantine.jsonl"))
+        chair_file = stack.enter_context(atomic_writer(out_dir / CHAIR_NAME))
         merged = stack.enter_context(atomic_writer(out_dir / MERGED_NAME, "wb"))
 
         def reject(cid: str, info: RequestInfo | None, reason: str, detail: str, raw: str):
@@ -408,6 +417,12 @@ def build(
             index.append((cid, t, offsets[t], len(data)))
             offsets[t] += len(data)
             stats.add_record(info, parsed, flags)
+            answers = [(2 * n + 1, turn.answer) for n, turn in enumerate(parsed)]  # gpt turns
+            stats.chair.add(
+                score_record(
+                    record["id"], image.file_name, info.task, answers, image.truth, custom_id=cid
+                )
+            )
 
         for cid, info in requests.by_id.items():
             if cid not in answered:
@@ -417,10 +432,12 @@ def build(
         invariant = _check_invariant(stats, len(requests.by_id), unknown, duplicates)
         _write_merged(merged, task_files, index, seed)
         result = _stats_json(stats, invariant, seed, responses_path, requests_path, contexts_path)
+        json.dump(stats.chair.to_json(str(out_dir)), chair_file, ensure_ascii=False, indent=1)
+        chair_file.write("\n")
         json.dump(result, stats_file, ensure_ascii=False, indent=2)
         stats_file.write("\n")
         # Flushed and synced here, so that a full disk fails before the first rename.
-        for f in (*task_files, quarantine, merged, stats_file):
+        for f in (*task_files, quarantine, chair_file, merged, stats_file):
             f.flush()
             os.fsync(f.fileno())
     return result
@@ -487,8 +504,15 @@ def _stats_json(stats: StatsCollector, invariant: dict, seed: int, *inputs: Path
         "words_per_answer": {t: summarize(stats.words[t]) for t in TASKS},
         "flags": dict(stats.flags.most_common()),
         "unseen_categories": dict(stats.unseen_categories.most_common(20)),
+        "chair": _chair_stats(stats.chair),
         "invariant": invariant,
     }
+
+
+def _chair_stats(report: ChairReport) -> dict:
+    """stats.json's `chair`: overall and per task (fractions in [0, 1]), every mention
+    counted (negated ones too, as published)."""
+    return report.figures() | {"file": CHAIR_NAME}
 
 
 def _image_mode_line(stats: dict) -> list[str]:
@@ -559,4 +583,10 @@ def stats_report(stats: dict):
         f"{inv['quarantined']} quarantined = {inv['requests']} requests + "
         f"{inv['unknown_responses']} unknown + {inv['duplicate_responses']} duplicate responses",
     ]
-    return Group(records, rejections, flags, *lines)
+    chair = stats.get("chair")  # absent from stats.json of older builds
+    tables = [records, rejections, flags]
+    if chair:
+        tables.append(
+            chair_table({"overall": chair["overall"], **chair["by_task"]}, "CHAIR (hallucination)")
+        )
+    return Group(*tables, *lines)

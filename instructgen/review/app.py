@@ -85,6 +85,7 @@ def _templates() -> Jinja2Templates:
     env.filters["pathpart"] = lambda s: quote(s, safe="")
     env.filters["thousands"] = lambda n: f"{n:,}"
     env.filters["percent"] = lambda x: "–" if x is None else f"{100 * x:.0f}%"
+    env.filters["percent1"] = lambda x: "–" if x is None else f"{100 * x:.1f}%"
     return Jinja2Templates(env=env)
 
 
@@ -265,7 +266,13 @@ def create_app(
 
     @app.get("/summary")
     def summary_view(request: Request, conn: Conn):
-        return render(request, "summary.html", conn, summary=queries.summary(conn))
+        return render(
+            request,
+            "summary.html",
+            conn,
+            summary=queries.summary(conn),
+            chair=store.chair_figures(conn),
+        )
 
     @app.get("/images/{name:path}")
     def image(name: str):

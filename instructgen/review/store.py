@@ -9,6 +9,8 @@ Plain tables, readable with any SQLite tool:
 - `bodies(seq, original)`: the full source object of each row (kept out of `records` so
   that filtered scans stay small).
 - `record_flags(flag, seq)` and `records_fts` (FTS5): the flag and free-text filters.
+- `chair(key, hallucinated, marks)`: the objects CHAIR found absent from a record's image
+  (from a chair.json, optional) and where they stand in its turns; the figures sit in `meta`.
 - `decisions(key, status, reason, decided_at)`, `edits(key, turn, value, edited_at)`,
   `rescues(key, conversations, rescued_at, reason)`: the review itself, keyed by record
   (its custom_id; without one, its id and a hash of its content).
@@ -52,6 +54,8 @@ CREATE TABLE IF NOT EXISTS bodies (seq INTEGER PRIMARY KEY, original TEXT NOT NU
 CREATE TABLE IF NOT EXISTS record_flags (
   flag TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (flag, seq)) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS records_fts USING fts5 (text, content='');
+CREATE TABLE IF NOT EXISTS chair (
+  key TEXT PRIMARY KEY, hallucinated TEXT NOT NULL, marks TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
   key TEXT PRIMARY KEY, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
   decided_at TEXT NOT NULL);
@@ -76,14 +80,17 @@ class ReviewError(InstructgenError):
 
 @dataclass(frozen=True, slots=True)
 class Sources:
-    """The files a review reads: built records, their contexts, optionally the quarantine."""
+    """The files a review reads: built records, their contexts, optionally the quarantine and
+    the records' chair.json (CHAIR: hallucinated objects are marked on the page)."""
 
     records: Path
     contexts: Path
     quarantine: Path | None = None
+    chair: Path | None = None
 
     def paths(self) -> list[Path]:
-        return [p for p in (self.records, self.contexts, self.quarantine) if p is not None]
+        files = (self.records, self.contexts, self.quarantine, self.chair)
+        return [p for p in files if p is not None]
 
     def fingerprint(self) -> str:
         """Path, size and mtime of each file: a change in any of them triggers a re-import."""
@@ -109,11 +116,21 @@ class ImportReport:
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One turn as shown: `value` without the image token; `edited` when a person changed it."""
+    """One turn as shown: `value` without the image token; `edited` when a person changed it;
+    `marks`: (start, end, category) of each object CHAIR found absent from the image."""
 
     speaker: str
     value: str
     edited: bool = False
+    marks: tuple[tuple[int, int, str], ...] = ()
+
+    def segments(self) -> list[tuple[str, str | None]]:
+        """The text cut at the marks: (text, category of a hallucinated mention or None)."""
+        out, at = [], 0
+        for start, end, category in self.marks:
+            out += [(self.value[at:start], None), (self.value[start:end], category)]
+            at = end
+        return [*out, (self.value[at:], None)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +160,7 @@ class RecordView:
     context: ImageContext | None
     image: str
     image_mode: str | None  # how the model was shown the image; None if the record does not say
+    hallucinated: tuple[tuple[str, str], ...] = ()  # CHAIR: (word, category) absent from image
 
 
 def _now() -> str:
@@ -294,6 +312,33 @@ def _read_contexts(path: Path) -> list[ImageContext]:
     return contexts
 
 
+CHAIR_FLAG = "chair_hallucination"  # flag of a record naming an object absent from its image
+
+
+def _read_chair(path: Path) -> tuple[dict, dict[str, tuple[list, list]]]:
+    """(figures, custom_id -> (hallucinated [word, category], marks [turn, start, end, word,
+    category])) from a chair.json; records without a custom_id cannot be matched and are left
+    out."""
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise InputError(
+            f"{path}: not a chair.json (no records list); write it with `instructgen chair`"
+        )
+    by_id = {}
+    for n, rec in enumerate(data["records"]):
+        try:
+            cid = rec.get("custom_id")
+            hallucinated = [(str(w), str(c)) for w, c in rec["hallucinated"]]
+            spans = [(int(t), int(a), int(b)) for t, a, b in rec.get("spans") or []]
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{path}: record {n} is not a chair.json record ({e})") from None
+        if cid:
+            marks = [[*span, *pair] for span, pair in zip(spans, hallucinated, strict=False)]
+            by_id[str(cid)] = (hallucinated, marks)
+    figures = {k: data[k] for k in ("overall", "by_task", "skip_negated") if k in data}
+    return figures, by_id
+
+
 def import_sources(conn: sqlite3.Connection, sources: Sources) -> ImportReport:
     """Load the sources into the store once (one transaction); re-import when they change.
 
@@ -311,9 +356,15 @@ def import_sources(conn: sqlite3.Connection, sources: Sources) -> ImportReport:
         raise InputError(f"{sources.records}: custom_id {dup} appears twice; rebuild the file")
     quarantined = _read_quarantine(sources.quarantine, keys) if sources.quarantine else []
     contexts = _read_contexts(sources.contexts)
+    chair_figures, chair = _read_chair(sources.chair) if sources.chair else (None, {})
+    chair = {key: v for key, v in chair.items() if key in keys}
+    for row in records:
+        if chair.get(row[0], ((), ()))[0]:
+            categories = dict.fromkeys(c for _, c in chair[row[0]][0])
+            row[5].append(f"{CHAIR_FLAG}:{','.join(categories)}")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for table in ("contexts", "records", "bodies", "record_flags"):
+        for table in ("contexts", "records", "bodies", "record_flags", "chair"):
             conn.execute(f"DELETE FROM {table}")
         # a contentless FTS table cannot delete rows: rebuild it
         conn.execute("DROP TABLE records_fts")
@@ -349,6 +400,13 @@ def import_sources(conn: sqlite3.Connection, sources: Sources) -> ImportReport:
         conn.executemany(
             "INSERT INTO records_fts (rowid, text) VALUES (?, ?)", ((s, r[8]) for s, r in rows)
         )
+        conn.executemany(
+            "INSERT INTO chair VALUES (?, ?, ?)",
+            ((k, json.dumps(h), json.dumps(m)) for k, (h, m) in chair.items()),
+        )
+        conn.execute("DELETE FROM meta WHERE key = 'chair'")
+        if chair_figures is not None:
+            conn.execute("INSERT INTO meta VALUES ('chair', ?)", (json.dumps(chair_figures),))
         conn.execute(
             "UPDATE records SET status = d.status FROM decisions AS d WHERE d.key = records.key"
         )
@@ -480,8 +538,14 @@ def get_record(conn: sqlite3.Connection, key: str) -> RecordView:
     quarantined = row["quarantine_reason"] is not None
     review = _reviews(conn, key).get(key)
     conv, edited = _conversation(original, quarantined, review)
+    chair = conn.execute("SELECT hallucinated, marks FROM chair WHERE key = ?", (key,)).fetchone()
+    marks = json.loads(chair["marks"]) if chair and not quarantined else []
+    texts = [
+        without_image_token(t["value"])[0] if i == 0 else t["value"]
+        for i, t in enumerate(conv or [])
+    ]
     turns = tuple(
-        Turn(t["from"], without_image_token(t["value"])[0] if i == 0 else t["value"], i in edited)
+        Turn(t["from"], texts[i], i in edited, _marks_in(texts[i], i, marks))
         for i, t in enumerate(conv or [])
     )
     decision = conn.execute("SELECT reason FROM decisions WHERE key = ?", (key,)).fetchone()
@@ -508,7 +572,23 @@ def get_record(conn: sqlite3.Connection, key: str) -> RecordView:
         context=context,
         image=str(image or _image_name(row["image_id"], context.file_name if context else None)),
         image_mode=original.get("image_mode"),
+        hallucinated=tuple(tuple(p) for p in json.loads(chair["hallucinated"])) if chair else (),
     )
+
+
+def _marks_in(text: str, turn: int, marks: list) -> tuple[tuple[int, int, str], ...]:
+    """The marks of one turn that still fit its text (an edit may have moved the words)."""
+    return tuple(
+        (start, end, category)
+        for t, start, end, word, category in marks
+        if t == turn and text[start:end].lower().split() == word.split()
+    )
+
+
+def chair_figures(conn: sqlite3.Connection) -> dict | None:
+    """CHAIR of the imported records (chair.json's overall and by_task), or None without one."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'chair'").fetchone()
+    return json.loads(row[0]) if row else None
 
 
 # --- decisions ------------------------------------------------------------------------------

@@ -1,0 +1,509 @@
+"""CHAIR (Rohrbach et al., 2018): how often generated text names COCO objects the image lacks.
+
+- ground truth of an image: its box categories plus the categories its human captions name;
+- mentions: one left-to-right matcher over the 80 categories, their synonyms and plurals
+  (`category_words.py` plus the CHAIR-only words below); at each word the longest name wins,
+  so "hot dog" is a hot dog and never a dog, "teddy bear" never a bear, "baby elephant" an
+  elephant and not a person;
+- CHAIR_i = hallucinated mentions / mentions (pooled, every mention counted);
+  CHAIR_s = records with a hallucinated mention / records;
+  recall = true objects mentioned / true objects (pooled over records).
+
+With `skip_negated`, a mention under a negation is not counted: a negation cue ("no", "not",
+"without", "nor", "never", "neither", "none", a word ending in "n't") among the
+NEGATION_WINDOW words before it, in the same clause (a clause ends at . ! ? ; : , or at
+"but", "although", "though", "while", "whereas", "however").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instructgen.contracts import TASKS, split_custom_id
+from instructgen.curate.category_words import WORD_TO_CATEGORY
+from instructgen.errors import InputError
+from instructgen.files import iter_jsonl, read_json
+
+# Words the published CHAIR lists know and `category_words` leaves out (which serves a
+# flag, not a metric), with their plurals written out.
+_CHAIR_WORDS: dict[str, tuple[str, ...]] = {
+    "person": (
+        "chef",
+        "chefs",
+        "worker",
+        "workers",
+        "policeman",
+        "policemen",
+        "cop",
+        "cops",
+        "officer",
+        "officers",
+        "bride",
+        "brides",
+        "groom",
+        "grooms",
+        "mother",
+        "mothers",
+        "father",
+        "fathers",
+        "pitcher",
+        "pitchers",
+        "batter",
+        "batters",
+        "catcher",
+        "catchers",
+        "umpire",
+        "umpires",
+        "skater",
+        "skaters",
+        "biker",
+        "bikers",
+        "bicyclist",
+        "bicyclists",
+        "driver",
+        "drivers",
+        "student",
+        "students",
+        "soldier",
+        "soldiers",
+        "tourist",
+        "tourists",
+        "spectator",
+        "spectators",
+        "athlete",
+        "athletes",
+    ),  # fmt: skip
+    "car": ("van", "vans", "minivan", "minivans", "jeep", "jeeps"),
+    "truck": ("fire truck", "fire trucks"),
+    "bird": (
+        "eagle",
+        "eagles",
+        "owl",
+        "owls",
+        "swan",
+        "swans",
+        "hawk",
+        "hawks",
+        "crow",
+        "crows",
+        "penguin",
+        "penguins",
+        "flamingo",
+        "flamingos",
+    ),  # fmt: skip
+    "dog": ("pup", "pups"),
+    "horse": ("foal", "foals", "stallion", "stallions", "mare", "mares"),
+    "sheep": ("ram", "rams", "ewe", "ewes"),
+    "cow": ("ox", "oxen"),
+    "couch": ("loveseat", "loveseats"),
+    "cell phone": ("iphone", "iphones"),
+    "traffic light": ("stop light", "stop lights"),
+}
+# Names that contain a category word but name no object of it: matched (so the word inside
+# is consumed) and not counted. "bus stop" shows no bus; "toilet paper" no toilet.
+_NOT_OBJECTS = (
+    "bus stop", "bus stops", "bus station", "bus stations", "train station",
+    "train stations", "train track", "train tracks", "toilet paper",
+)  # fmt: skip
+# "baby elephant", "young horses", "adult giraffe": the animal, not a person
+_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
+_AGE_WORDS = ("baby", "young", "adult")
+
+
+def _vocabulary() -> dict[tuple[str, ...], str | None]:
+    """Name (as a tuple of words) -> category, or None for a name that is not an object."""
+    names: dict[str, str | None] = dict(WORD_TO_CATEGORY)
+    for category, words in _CHAIR_WORDS.items():
+        names.update(dict.fromkeys(words, category))
+    names.update(dict.fromkeys(_NOT_OBJECTS))
+    for word, category in list(names.items()):
+        if category in _ANIMALS and " " not in word:
+            names.update({f"{age} {word}": category for age in _AGE_WORDS})
+    return {tuple(name.split()): category for name, category in names.items()}
+
+
+VOCABULARY = _vocabulary()
+LONGEST_NAME = max(map(len, VOCABULARY))  # words
+# first word of every multi-word name: only there is a longer match tried
+_STARTS_LONGER = frozenset(name[0] for name in VOCABULARY if len(name) > 1)
+NEGATION_WINDOW = 5  # words before a mention in which a negation cue applies to it
+_NEGATIONS = frozenset({"no", "not", "without", "nor", "never", "neither", "none"})
+_CLAUSE_WORDS = frozenset({"but", "although", "though", "while", "whereas", "however"})
+# a word (with an optional apostrophe suffix: "dog's", "isn't") or a clause-ending mark
+_TOKEN = re.compile(r"([A-Za-z]+)(?:['’]([A-Za-z]+))?|[.!?;:,]")
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """One object name in a text: the words as written (lower case), the category, the
+    character span [start, end) in the text, and whether a negation governs it."""
+
+    word: str
+    category: str
+    start: int
+    end: int
+    negated: bool
+
+
+def find_mentions(text: str) -> list[Mention]:
+    """Every COCO object named in `text`, left to right, the longest name winning at each word."""
+    words: list[str] = []
+    spans: list[tuple[int, int]] = []
+    negated_at: list[bool] = []  # per word: a negation cue among the window before it
+    last_cue = -NEGATION_WINDOW - 1  # index of the latest cue in the current clause
+    for m in _TOKEN.finditer(text):
+        word = m.group(1)
+        if word is None or word.lower() in _CLAUSE_WORDS:
+            last_cue = -NEGATION_WINDOW - 1
+            if word is None:
+                continue
+        word = word.lower()
+        suffix = (m.group(2) or "").lower()
+        negated_at.append(len(words) - last_cue <= NEGATION_WINDOW)
+        if word in _NEGATIONS or (suffix == "t" and word.endswith("n")):
+            last_cue = len(words)
+        words.append(word)
+        spans.append(m.span(1))
+    mentions: list[Mention] = []
+    i, n = 0, len(words)
+    while i < n:
+        longest = min(LONGEST_NAME, n - i) if words[i] in _STARTS_LONGER else 1
+        for size in range(longest, 0, -1):
+            name = tuple(words[i : i + size])
+            if name in VOCABULARY:
+                category = VOCABULARY[name]
+                if category is not None:
+                    start, end = spans[i][0], spans[i + size - 1][1]
+                    mentions.append(Mention(" ".join(name), category, start, end, negated_at[i]))
+                i += size
+                break
+        else:
+            i += 1
+    return mentions
+
+
+def ground_truth(captions: Iterable[str], box_categories: Iterable[str]) -> frozenset[str]:
+    """The COCO categories an image shows: its boxes plus every object its captions name."""
+    named = {m.category for caption in captions for m in find_mentions(caption)}
+    return frozenset(named | set(box_categories))
+
+
+@dataclass(frozen=True, slots=True)
+class ChairRecord:
+    """CHAIR of one record: its counted mentions as (word, category), those absent from the
+    image, where those are ((turn, start, end): the index of the turn in `conversations`, or
+    0 for an answer, and a character span), and how many true objects it names."""
+
+    id: str
+    image: str
+    task: str
+    custom_id: str | None
+    mentioned: tuple[tuple[str, str], ...]
+    hallucinated: tuple[tuple[str, str], ...]
+    spans: tuple[tuple[int, int, int], ...]
+    negated: tuple[tuple[str, str], ...]
+    true_objects: int
+    true_objects_mentioned: int
+
+    def to_json(self) -> dict:
+        obj = {
+            "id": self.id,
+            "image": self.image,
+            "task": self.task,
+            "hallucinated": [list(p) for p in self.hallucinated],
+            "mentioned": [list(p) for p in self.mentioned],
+            "spans": [list(s) for s in self.spans],
+        }
+        if self.custom_id is not None:
+            obj["custom_id"] = self.custom_id
+        if self.negated:
+            obj["negated"] = [list(p) for p in self.negated]
+        return obj
+
+
+def score_record(
+    id: str,
+    image: str,
+    task: str,
+    texts: Iterable[tuple[int, str]],
+    truth: frozenset[str],
+    skip_negated: bool = False,
+    custom_id: str | None = None,
+) -> ChairRecord:
+    """CHAIR of the texts (turn index, text) of one record against its image's `truth`."""
+    mentioned, hallucinated, spans, negated = [], [], [], []
+    for turn, text in texts:
+        for m in find_mentions(text):
+            if skip_negated and m.negated:
+                negated.append((m.word, m.category))
+                continue
+            mentioned.append((m.word, m.category))
+            if m.category not in truth:
+                hallucinated.append((m.word, m.category))
+                spans.append((turn, m.start, m.end))
+    named = {category for _, category in mentioned}
+    return ChairRecord(
+        id,
+        image,
+        task,
+        custom_id,
+        tuple(mentioned),
+        tuple(hallucinated),
+        tuple(spans),
+        tuple(negated),
+        len(truth),
+        len(truth & named),
+    )
+
+
+@dataclass
+class ChairTally:
+    """Running CHAIR counts of a group of records."""
+
+    records: int = 0
+    records_hallucinating: int = 0
+    mentions: int = 0
+    hallucinated: int = 0
+    true_objects: int = 0
+    true_objects_mentioned: int = 0
+
+    def add(self, record: ChairRecord) -> None:
+        self.records += 1
+        self.records_hallucinating += bool(record.hallucinated)
+        self.mentions += len(record.mentioned)
+        self.hallucinated += len(record.hallucinated)
+        self.true_objects += record.true_objects
+        self.true_objects_mentioned += record.true_objects_mentioned
+
+    def figures(self) -> dict:
+        """chair_i, chair_s and recall as fractions in [0, 1] (None over nothing), and counts."""
+
+        def ratio(a: int, b: int) -> float | None:
+            return round(a / b, 4) if b else None
+
+        return {
+            "chair_i": ratio(self.hallucinated, self.mentions),
+            "chair_s": ratio(self.records_hallucinating, self.records),
+            "recall": ratio(self.true_objects_mentioned, self.true_objects),
+            "mentions": self.mentions,
+            "hallucinated": self.hallucinated,
+            "records": self.records,
+            "records_with_hallucination": self.records_hallucinating,
+            "true_objects": self.true_objects,
+            "true_objects_mentioned": self.true_objects_mentioned,
+        }
+
+
+def chair_table(figures: dict[str, dict], title: str = "CHAIR"):
+    """A rich table, one row per group of `figures` (ChairTally.figures()): CHAIR_i, CHAIR_s
+    and recall in percent, and the counts."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "group",
+        "CHAIR_i %",
+        "CHAIR_s %",
+        "recall %",
+        "mentions",
+        "hallucinated",
+        "records",
+    ):
+        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    for group, f in figures.items():
+        table.add_row(
+            group,
+            pct(f["chair_i"]),
+            pct(f["chair_s"]),
+            pct(f["recall"]),
+            str(f["mentions"]),
+            str(f["hallucinated"]),
+            str(f["records"]),
+        )
+    return table
+
+
+@dataclass
+class ChairReport:
+    """CHAIR of a data set: overall, per task (or group), per record, and what was skipped."""
+
+    skip_negated: bool = False
+    overall: ChairTally = field(default_factory=ChairTally)
+    by_task: dict[str, ChairTally] = field(default_factory=dict)
+    records: list[ChairRecord] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> record ids
+
+    def add(self, record: ChairRecord) -> None:
+        self.overall.add(record)
+        self.by_task.setdefault(record.task, ChairTally()).add(record)
+        self.records.append(record)
+
+    def skip(self, reason: str, record_id: str) -> None:
+        self.skipped.setdefault(reason, []).append(record_id)
+
+    def figures(self) -> dict:
+        """`overall` and `by_task` (tasks in pipeline order, then other groups by name)."""
+        ordered = [t for t in TASKS if t in self.by_task] + sorted(
+            t for t in self.by_task if t not in TASKS
+        )
+        return {
+            "overall": self.overall.figures(),
+            "by_task": {t: self.by_task[t].figures() for t in ordered},
+        }
+
+    def to_json(self, source: str = "") -> dict:
+        """chair.json: overall, by_task, records; plus the options and the skipped records."""
+        return self.figures() | {
+            "records": [r.to_json() for r in self.records],
+            "skip_negated": self.skip_negated,
+            "source": source,
+            "skipped": {
+                reason: {"count": len(ids), "ids": ids} for reason, ids in self.skipped.items()
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Truths:
+    """Ground truth of every image of a contexts.jsonl, by file name and by image id."""
+
+    by_file_name: dict[str, frozenset[str]]
+    by_image_id: dict[int, frozenset[str]]
+
+    def of(self, image: str | None, image_id: int | None = None) -> frozenset[str] | None:
+        """The truth of an image named by file name (any COCO spelling) or id; None if unknown."""
+        if image and image in self.by_file_name:
+            return self.by_file_name[image]
+        if image_id is None and image:
+            image_id = _coco_id(image)
+        return self.by_image_id.get(image_id) if image_id is not None else None
+
+
+def _coco_id(name: str) -> int | None:
+    """The COCO image id in a file name (`COCO_val2014_000000441147.jpg` -> 441147)."""
+    digits = re.findall(r"\d+", Path(name).stem)
+    return int(digits[-1]) if digits else None
+
+
+def read_truths(path: Path) -> Truths:
+    """Ground truth per image from our contexts.jsonl (`image_id, file_name, captions, boxes`)
+    or LLaVA's caps_boxes lines (`image, captions, instances`)."""
+    by_file_name: dict[str, frozenset[str]] = {}
+    by_image_id: dict[int, frozenset[str]] = {}
+    for lineno, obj in iter_jsonl(path):
+        try:
+            file_name = str(obj.get("file_name") or obj["image"])
+            image_id = int(obj["image_id"]) if "image_id" in obj else _coco_id(file_name)
+            boxes = obj.get("boxes") if "boxes" in obj else obj.get("instances")
+            truth = ground_truth(
+                (str(c) for c in obj["captions"]), (str(b["category"]) for b in boxes or ())
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(
+                f"{path}:{lineno}: not an image context: need file_name (or image), captions "
+                f"and boxes (or instances) ({type(e).__name__}: {e})"
+            ) from None
+        by_file_name[file_name] = truth
+        if image_id is not None:
+            by_image_id[image_id] = truth
+    return Truths(by_file_name, by_image_id)
+
+
+def _task_of(record: dict, fallback: str) -> tuple[str, str | None]:
+    """(task, custom_id): the task from the custom_id, else the record's `task`, else
+    `fallback`."""
+    cid = record.get("custom_id")
+    cid = cid if isinstance(cid, str) else None
+    parsed = split_custom_id(cid) if cid else None
+    if parsed:
+        return parsed[1], cid
+    task = record.get("task")
+    return (task if isinstance(task, str) and task else fallback), cid
+
+
+def score_llava_records(
+    report: ChairReport, records: object, truths: Truths, where: str, task: str = "all"
+) -> None:
+    """Add the records of one LLaVA JSON list to `report`: their assistant turns are scored.
+
+    A record's task comes from its custom_id (coco-<image>-<task>) or its `task` field,
+    else it is `task`.
+    A record whose image has no context is skipped and counted (reason `no_context`).
+    """
+    if not isinstance(records, list):
+        raise InputError(f"{where}: not a LLaVA JSON list of records")
+    for n, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+            raise InputError(f"{where}: record {n} has no conversations list")
+        record_id = str(record.get("id", n))
+        image = record.get("image")
+        image = image if isinstance(image, str) else None
+        record_task, cid = _task_of(record, task)
+        truth = truths.of(image, split_custom_id(cid)[0] if cid and split_custom_id(cid) else None)
+        if truth is None:
+            report.skip("no_context", cid or record_id)
+            continue
+        texts = [
+            (t, turn["value"])
+            for t, turn in enumerate(record["conversations"])
+            if isinstance(turn, dict)
+            and turn.get("from") in ("gpt", "assistant")
+            and isinstance(turn.get("value"), str)
+        ]
+        report.add(
+            score_record(
+                record_id, image or "", record_task, texts, truth, report.skip_negated, cid
+            )
+        )
+
+
+def chair_of_llava(path: Path, truths: Truths, skip_negated: bool = False) -> ChairReport:
+    """CHAIR of a build folder (its per-task files, one group per task) or of a LLaVA JSON
+    (one group, `all`, unless its records carry our custom_ids or a `task`)."""
+    path = Path(path)
+    report = ChairReport(skip_negated)
+    if path.is_dir():
+        files = [(path / f"{t}.json", t) for t in TASKS if (path / f"{t}.json").is_file()]
+        if not files:
+            raise InputError(
+                f"{path}: no per-task file ({', '.join(f'{t}.json' for t in TASKS)}); "
+                "pass a build output folder or a LLaVA JSON file"
+            )
+    else:
+        files = [(path, "all")]
+    for file, task in files:
+        score_llava_records(report, read_json(file), truths, str(file), task)
+    return report
+
+
+def score_answers(
+    report: ChairReport,
+    answers: Iterable[tuple[int | str, str]],
+    questions: dict[int | str, tuple[str | None, str]],
+    truths: Truths,
+) -> None:
+    """Add a model's answers (question_id, text) to `report`, each against the image of its
+    question; `questions` maps question_id -> (image file name, category = the group).
+
+    An answer to no known question is skipped (`no_question`), one whose image has no
+    context too (`no_context`); both are counted.
+    """
+    for qid, text in answers:
+        if qid not in questions:
+            report.skip("no_question", str(qid))
+            continue
+        image, category = questions[qid]
+        truth = truths.of(image)
+        if truth is None:
+            report.skip("no_context", str(qid))
+            continue
+        report.add(
+            score_record(str(qid), image or "", category, [(0, text)], truth, report.skip_negated)
+        )
