@@ -2,7 +2,9 @@
 
 A 2-layer CLIP vision tower (32x32 images, 8x8 patches: 16 tokens per image), a 2-layer
 Llama and a word-level tokenizer over the test data's words, each saved with save_pretrained
-into a folder that the trainer is given as --vision / --llm, as a user would.
+into a folder that the trainer is given as --vision / --llm, as a user would. The 2026 pair:
+a 2-layer SigLIP tower of the same shape and a 2-layer Qwen2 whose tokenizer has ChatML
+special tokens and a ChatML chat template (ours, in the layout Qwen2-Instruct uses).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -20,12 +22,29 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
 
 from instructgen.train.data import V1_SYSTEM
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 TEMPLATE_TEXT = f"{V1_SYSTEM} USER: ASSISTANT: What does the picture show? a cat a dog"
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML_DEFAULT_SYSTEM = "You are a helpful assistant."
+CHATML_TEMPLATE_WORDS = f"system\n{CHATML_DEFAULT_SYSTEM}\nuser\nassistant\n"
+# ChatML as Qwen2-Instruct lays it out: a default system turn when none is given.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\n" + CHATML_DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def vocabulary(texts: list[str]) -> list[str]:
@@ -42,6 +61,61 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
+
+
+def build_chatml_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (600 tokens, trained on `texts`) with Qwen2's ChatML special
+    tokens and chat template; saved beside a Qwen2 config it loads as `Qwen2Tokenizer`."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=CHATML_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator([*texts, CHATML_TEMPLATE_WORDS], trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=CHATML_SPECIALS[1:],
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_siglip_qwen2(root: Path, data_files: list[Path], seed: int = 0) -> tuple[Path, Path]:
+    """Save a tiny SigLIP vision tower and a tiny Qwen2 (+ ChatML tokenizer) under `root`."""
+    torch.manual_seed(seed)
+    vision_dir, llm_dir = root / "siglip", root / "qwen2"
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    SiglipVisionModel(vision).save_pretrained(vision_dir)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vision_dir)
+    tokenizer = build_chatml_tokenizer(_texts(data_files))
+    llm = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    Qwen2ForCausalLM(llm).save_pretrained(llm_dir)
+    tokenizer.save_pretrained(llm_dir)
+    return vision_dir, llm_dir
 
 
 def build_towers(root: Path, data_files: list[Path], seed: int = 0) -> tuple[Path, Path]:

@@ -104,8 +104,9 @@ def answer(
     template: str | None = typer.Option(
         None,
         "--template",
-        help="Checkpoint: plain or v1; default: the template it was trained with (v1 for a "
-        "LLaVA folder not trained here).",
+        help="Checkpoint: plain, v1 or chat (the model's own chat template); default: the "
+        "template it was trained with (for a LLaVA folder not trained here: its own chat "
+        "template if it has one, else v1).",
     ),
     journal: Path | None = JOURNAL,
     rpm: int = RPM,

@@ -71,7 +71,14 @@ def train(
         "are used; -2 the second-to-last (the paper), -1 the last. Stage 2 keeps stage 1's.",
     ),
     template: str = typer.Option(
-        None, "--template", help="plain or v1 (Vicuna style). Default: plain in 1, v1 in 2."
+        None,
+        "--template",
+        help="plain (image, then caption), v1 (the paper's Vicuna layout) or chat (the LLM "
+        "tokenizer's own chat template: for Qwen2, Llama 3 and other instruct LLMs). "
+        "Default: plain in 1, v1 in 2.",
+    ),
+    system: str = typer.Option(
+        None, "--system", help="--template chat: the system message of every conversation."
     ),
     pad_to_square: bool = typer.Option(
         False,
@@ -126,6 +133,12 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest checkpoint in the output folder."
     ),
+    group_by_length: bool = typer.Option(
+        None,
+        "--group-by-length/--no-group-by-length",
+        help="Batches of one modality (image / text-only) and similar length, shuffled: "
+        "less padding. Default: on in stage 2, off in stage 1.",
+    ),
     log_every: int = typer.Option(10, "--log-every", help="Optimizer steps between metric lines."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
     workers: int = typer.Option(2, "--workers", help="Data-loading worker processes."),
@@ -144,6 +157,13 @@ def train(
     ),
     mfu: float = typer.Option(
         None, "--mfu", help="Dry run: share of that peak the run reaches (e.g. 0.4), for hours."
+    ),
+    show_sample: int = typer.Option(
+        0,
+        "--show-sample",
+        min=0,
+        help="Dry run: print the first K records as the model sees them, trained tokens "
+        "highlighted, and write OUT/samples.jsonl.",
     ),
 ) -> None:
     """Train the LLaVA model: stage 1 (projector) or stage 2 (instruction tuning).
@@ -167,6 +187,7 @@ def train(
         projector=projector,
         feature_layer=feature_layer,
         template=template,
+        system=system,
         pad_to_square=pad_to_square,
         max_length=max_length,
         epochs=epochs,
@@ -181,10 +202,13 @@ def train(
         lora_rank=lora_rank,
         save_every=save_every,
         resume=resume,
+        group_by_length=group_by_length,
         log_every=log_every,
         seed=seed,
         workers=workers,
     )
+    if show_sample and not dry_run:
+        raise InstructgenError("--show-sample goes with --dry-run: it shows, it does not train")
     if dry_run:
         from instructgen.train.plan import plan_lines, plan_run, write_plan
 
@@ -192,6 +216,8 @@ def train(
         for line in plan_lines(plan):
             console.print(line, highlight=False)
         console.print(f"[green]plan written[/green] -> {write_plan(plan, output)}", highlight=False)
+        if show_sample:
+            _show_samples(cfg, show_sample)
         return
     result = run_stage(cfg, echo=lambda line: console.print(line, highlight=False))
     console.print(
@@ -200,6 +226,29 @@ def train(
         f"{result.trainable_params:,} trained parameters -> {result.output}",
         highlight=False,
     )
+
+
+def _show_samples(cfg, count: int) -> None:
+    """Print the first `count` records with their trained tokens highlighted; write them."""
+    from rich.text import Text
+
+    from instructgen.train.samples import trained_samples, write_samples
+
+    samples = trained_samples(cfg, count)
+    for sample in samples:
+        console.rule(f"record {sample.id}", style="dim")
+        text = Text()
+        for segment in sample.segments:
+            text.append(segment.text, style="bold black on green" if segment.trained else "dim")
+        console.print(text)
+    console.rule(style="dim")
+    console.print(
+        "[bold black on green]trained[/bold black on green] tokens carry the loss; "
+        "[dim]dim[/dim] ones are context only",
+        highlight=False,
+    )
+    path = write_samples(samples, cfg.output)
+    console.print(f"[green]samples written[/green] -> {path}", highlight=False)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Batched answers of a local checkpoint (extra [train]): left-padded prompts, one `generate`.
 
 A checkpoint of `instructgen train` is prompted in the conversation template it was trained
-with (its instructgen_train.json); any other `LlavaForConditionalGeneration` folder is
-prompted in the `v1` layout unless a template is given. Greedy unless a temperature is set.
+with (its instructgen_train.json); any other `LlavaForConditionalGeneration` folder with its
+own chat template in that (`chat`), else in the `v1` layout, unless a template is given.
+Greedy unless a temperature is set.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from instructgen.train.data import (
     TEMPLATES,
     chat_prompt_pieces,
     load_pixels,
+    require_chat_template,
+    stop_token_ids,
     tokenize_pieces,
 )
-from instructgen.train.export import META_FILE, load_trained
+from instructgen.train.export import META_FILE, load_folder_processor, load_trained
 from instructgen.train.model import tokens_per_image
 
 
@@ -37,20 +40,27 @@ class Answerer:
     processor: object
     template: str
     pad_to_square: bool
+    system: str | None = None  # system message of the `chat` template
+    typed: bool = False  # the chat template takes typed content parts (a model folder's)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer."""
+        return stop_token_ids(self.tokenizer, self.template)
 
 
 def load_answerer(
     directory: Path, dtype: torch.dtype, device: str, template: str | None = None
 ) -> Answerer:
     """Load a trained checkpoint or any LLaVA folder; anything else is an InputError."""
-    from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     directory = Path(directory)
     if template is not None and template not in TEMPLATES:
         raise InputError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
     if (directory / META_FILE).is_file():
         model, tokenizer, processor, meta = load_trained(directory, dtype)
-        chosen, pad = template or meta.template, meta.pad_to_square
+        chosen, pad, system = template or meta.template, meta.pad_to_square, meta.system
     else:
         config = directory / "config.json"
         if not directory.exists():
@@ -70,23 +80,34 @@ def load_answerer(
                 "(LlavaForConditionalGeneration); answer needs an image-and-text model"
             )
         model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        processor = AutoImageProcessor.from_pretrained(directory)
-        chosen, pad = template or "v1", False
+        tokenizer, processor = load_folder_processor(directory)
+        own = "chat" if getattr(tokenizer, "chat_template", None) else "v1"
+        chosen, pad, system = template or own, False, None
+    if chosen == "chat":
+        require_chat_template(tokenizer, str(directory))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return Answerer(model.to(device).eval(), tokenizer, processor, chosen, pad)
+    typed = (directory / "config.json").is_file()
+    return Answerer(model.to(device).eval(), tokenizer, processor, chosen, pad, system, typed)
 
 
 def prompt_ids(answerer: Answerer, question: str, has_image: bool) -> list[int]:
     """Token ids of the prompt for one question, about one image or none, as in training."""
     config = answerer.model.config
     example = tokenize_pieces(
-        chat_prompt_pieces(question, answerer.template, has_image),
+        chat_prompt_pieces(
+            question,
+            answerer.template,
+            has_image,
+            answerer.tokenizer,
+            answerer.system,
+            answerer.typed,
+        ),
         answerer.tokenizer,
         config.image_token_index,
         tokens_per_image(config.vision_config),
         max_length=10**9,
+        bos=answerer.template != "chat",
     )
     return example.input_ids
 
@@ -115,19 +136,21 @@ def generate_batch(
         pixels = load_pixels(pictured, answerer.processor, answerer.pad_to_square)
         images_in["pixel_values"] = pixels.to(model.device, model.dtype)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+    stops = answerer.stop_ids
     out = model.generate(
         input_ids=input_ids.to(model.device),
         attention_mask=attention_mask.to(model.device),
         max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id,
         **images_in,
         **({"do_sample": False} | sampling),
     )
     results = []
     for row in out[:, width:].tolist():
-        ended = tokenizer.eos_token_id in row
-        new = row[: row.index(tokenizer.eos_token_id)] if ended else row
+        end = next((k for k, token in enumerate(row) if token in stops), None)
+        ended = end is not None
+        new = row[:end] if ended else row
         results.append((tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), ended))
     return results
 

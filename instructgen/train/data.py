@@ -4,6 +4,9 @@ A record is `{"id", "image", "conversations": [{"from": "human"|"gpt", "value"},
 keys (custom_id, task, flags) are ignored. Each `<image>` in the text becomes a block of
 `tokens_per_image` copies of the image token id, which the model replaces by projected
 patch features. Labels are -100 everywhere except the assistant's words (and its end token).
+
+Templates: `plain` (stage 1: the image, then the caption), `v1` (the paper's Vicuna layout) and
+`chat` (the LLM tokenizer's own chat template: ChatML for Qwen2, Llama 3's headers, ...).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from instructgen.errors import InputError
 from instructgen.files import read_json
 
 IGNORE = -100  # label value the loss skips
-TEMPLATES = ("plain", "v1")
+TEMPLATES = ("plain", "v1", "chat")
 # v1 follows the Vicuna v1 layout (`USER: ... ASSISTANT: ...</s>`); the system line is ours.
 V1_SYSTEM = (
     "A conversation between a person and an AI assistant that can see images. "
@@ -130,13 +133,18 @@ def read_records(path: Path, image_dir: Path) -> list[TrainRecord]:
     return records
 
 
-def template_pieces(record: TrainRecord, template: str) -> list[Piece]:
-    """Lay a record out as prompt pieces in the `plain` (stage 1) or `v1` (stage 2) format.
+def template_pieces(
+    record: TrainRecord, template: str, tokenizer=None, system: str | None = None
+) -> list[Piece]:
+    """Lay a record out as prompt pieces in the `plain`, `v1` or `chat` format.
 
     plain: the image placeholders followed by the answer and a newline; the question is dropped,
     so stage 1 learns to caption. It takes exactly one human/gpt exchange.
     v1: `<system> USER: <question> ASSISTANT: <answer></s>` repeated for every exchange.
+    chat: `tokenizer`'s chat template (see `chat_pieces`), with `system` as the system message.
     """
+    if template == "chat":
+        return chat_pieces(record, tokenizer, system)
     if template == "plain":
         if len(record.turns) != 2:
             raise InputError(
@@ -154,21 +162,142 @@ def template_pieces(record: TrainRecord, template: str) -> list[Piece]:
     raise InputError(f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}")
 
 
-def check_template(records: Sequence[TrainRecord], template: str, source: Path) -> None:
+def chat_pieces(record: TrainRecord, tokenizer, system: str | None) -> list[Piece]:
+    """A record in the tokenizer's chat template; trained: each answer and the end-of-turn
+    token after it (`<|im_end|>` in ChatML), so that the model learns to stop.
+
+    The template is rendered for the conversation up to each question (with the assistant's
+    generation prompt) and up to each answer; what an answer adds is its text, the end token
+    and what follows (a newline). This works for any template in which earlier turns render
+    the same whatever comes after them, as chat templates do.
+    """
+    messages = [{"role": "system", "content": system}] if system else []
+    pieces: list[Piece] = []
+    rendered = ""
+    for question, answer in zip(record.turns[::2], record.turns[1::2], strict=True):
+        messages.append({"role": "user", "content": question.text})
+        prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
+        messages.append({"role": "assistant", "content": answer.text})
+        whole = render_chat(tokenizer, messages, add_generation_prompt=False)
+        if not prompt.startswith(rendered) or not whole.startswith(prompt):
+            raise InputError(
+                f"record id {record.id}: the chat template renders earlier turns differently "
+                "once later ones follow, so the answers cannot be located; use --template v1"
+            )
+        pieces.append(Piece(prompt[len(rendered) :], False))
+        reply, text = whole[len(prompt) :], answer.text.strip()
+        start = reply.find(text)
+        if start < 0:
+            raise InputError(
+                f"record id {record.id}: the chat template does not render the answer as "
+                "written (it rewrites assistant text); use --template v1"
+            )
+        end = start + len(text)
+        stop = _end_of_turn(reply[end:], tokenizer)
+        if reply[:start]:
+            pieces.append(Piece(reply[:start], False))
+        if stop is None:  # no end-of-turn token in the template: the tokenizer's eos ends it
+            pieces.append(Piece(reply[start:end], True, eos=True))
+            pieces.append(Piece(reply[end:], False))
+        else:
+            pieces.append(Piece(reply[start : end + stop], True))
+            pieces.append(Piece(reply[end + stop :], False))
+        rendered = whole
+    return [piece for piece in pieces if piece.text or piece.eos]
+
+
+def _end_of_turn(after: str, tokenizer) -> int | None:
+    """Length of the text after an answer up to and including the special token that ends
+    the turn (`<|im_end|>`, `<|eot_id|>`, `</s>`), when only blanks come before it."""
+    stripped = after.lstrip()
+    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+        if token and token != IMAGE_TOKEN and stripped.startswith(token):
+            return len(after) - len(stripped) + len(token)
+    return None
+
+
+def render_chat(
+    tokenizer, messages: list[dict], add_generation_prompt: bool, typed: bool = False
+) -> str:
+    """The tokenizer's chat template applied to `messages` (string contents with `<image>`
+    where the image goes), as text; `typed` passes contents as parts (`{"type": "image"}`,
+    `{"type": "text", "text"}`), as multimodal templates (an exported model's) expect them."""
+    if typed:
+        messages = [{**m, "content": content_parts(m["content"])} for m in messages]
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def content_parts(text: str) -> list[dict]:
+    """A message text as typed parts: each `<image>` an image part, the text around it text
+    parts (the newline that follows an `<image>` belongs to the image)."""
+    first, *rest = text.split(IMAGE_TOKEN)
+    parts = [{"type": "text", "text": first}] if first else []
+    for chunk in rest:
+        parts.append({"type": "image"})
+        chunk = chunk.removeprefix("\n")
+        if chunk:
+            parts.append({"type": "text", "text": chunk})
+    return parts
+
+
+def stop_token_ids(tokenizer, template: str) -> list[int]:
+    """Token ids that end an answer: eos, and under `chat` the template's end-of-turn token
+    (`<|im_end|>`, `<|eot_id|>`) when it is another one."""
+    stops = [tokenizer.eos_token_id]
+    if template == "chat":
+        turn = [{"role": "user", "content": "question"}, {"role": "assistant", "content": "answer"}]
+        rendered = render_chat(tokenizer, turn, add_generation_prompt=False)
+        after = rendered[rendered.rfind("answer") + len("answer") :]
+        length = _end_of_turn(after, tokenizer)
+        if length is not None:
+            stops.append(tokenizer.convert_tokens_to_ids(after[:length].strip()))
+    return list(dict.fromkeys(t for t in stops if t is not None))
+
+
+def require_chat_template(tokenizer, llm: str) -> None:
+    """`--template chat` needs a tokenizer that has a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            f"{llm}: the tokenizer has no chat template, so --template chat has nothing to "
+            "follow; use --template v1, or an instruct LLM whose tokenizer has one"
+        )
+
+
+def check_template(
+    records: Sequence[TrainRecord],
+    template: str,
+    source: Path,
+    tokenizer=None,
+    system: str | None = None,
+) -> None:
     """Lay out every record in `template` once, so that a data file meant for the other stage
     fails before the model is built, not later inside a data-loading worker."""
     for record in records:
         try:
-            template_pieces(record, template)
+            template_pieces(record, template, tokenizer, system)
         except InputError as e:
             raise InputError(f"{source}: {e}") from None
 
 
-def chat_prompt_pieces(question: str, template: str, has_image: bool) -> list[Piece]:
-    """The prompt a trained model continues: one question in the template it was trained on."""
+def chat_prompt_pieces(
+    question: str,
+    template: str,
+    has_image: bool,
+    tokenizer=None,
+    system: str | None = None,
+    typed: bool = False,
+) -> list[Piece]:
+    """The prompt a trained model continues: one question in the template it was trained on
+    (`chat`: the tokenizer's template with its generation prompt; `typed` as in `render_chat`)."""
     text = question if IMAGE_TOKEN in question or not has_image else f"{IMAGE_TOKEN}\n{question}"
     if template == "plain":
         return [Piece(IMAGE_TOKEN if has_image else "", False)]
+    if template == "chat":
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": text.strip()})
+        return [Piece(render_chat(tokenizer, messages, True, typed), False)]
     return [Piece(V1_SYSTEM, False), Piece(f" USER: {text.strip()} ASSISTANT:", False)]
 
 
@@ -178,14 +307,18 @@ def tokenize_pieces(
     image_token_id: int,
     tokens_per_image: int,
     max_length: int,
+    bos: bool = True,
 ) -> Example:
     """Token ids and labels for `pieces`, cut to `max_length` tokens without splitting an image.
 
     Each piece is tokenized on its own so that the label mask follows piece boundaries
     exactly. When the cut falls inside an image block, the sequence ends before that block and
-    the image is dropped from the example.
+    the image is dropped from the example. `bos`: start with the tokenizer's bos token (a chat
+    template writes its own, so `chat` passes False).
     """
-    [example] = tokenize_many([pieces], tokenizer, image_token_id, tokens_per_image, max_length)
+    [example] = tokenize_many(
+        [pieces], tokenizer, image_token_id, tokens_per_image, max_length, bos
+    )
     return example
 
 
@@ -195,6 +328,7 @@ def tokenize_many(
     image_token_id: int,
     tokens_per_image: int,
     max_length: int,
+    bos: bool = True,
 ) -> list[Example]:
     """`tokenize_pieces` for many examples with one batched tokenizer call (fast on 600K)."""
     if max_length <= tokens_per_image:
@@ -210,9 +344,10 @@ def tokenize_many(
     ]
     encoded = iter(_encode(tokenizer, chunks))
     # Looked up once: each lookup goes through the tokenizer's vocabulary.
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    bos_id = tokenizer.bos_token_id if bos else None
+    eos = tokenizer.eos_token_id
     return [
-        _assemble(pieces, encoded, bos, eos, image_token_id, tokens_per_image, max_length)
+        _assemble(pieces, encoded, bos_id, eos, image_token_id, tokens_per_image, max_length)
         for pieces in examples
     ]
 
@@ -268,6 +403,14 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
     return canvas
 
 
+def pixel_size(image_processor) -> tuple[int, int]:
+    """(height, width) in pixels of the processor's output: its crop (CLIP) or its resize
+    (SigLIP resizes to a fixed square and crops nothing)."""
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else None
+    size = size or image_processor.size
+    return size["height"], size["width"]
+
+
 def load_pixels(paths: Sequence[Path], image_processor, pad_to_square: bool) -> torch.Tensor:
     """Open images and run the vision tower's preprocessing: a (n, 3, H, W) float tensor.
 
@@ -275,8 +418,8 @@ def load_pixels(paths: Sequence[Path], image_processor, pad_to_square: bool) -> 
     with padding the whole image is kept, on a background of the processor's mean colour.
     """
     if not paths:
-        size = image_processor.crop_size
-        return torch.zeros(0, 3, size["height"], size["width"])
+        height, width = pixel_size(image_processor)
+        return torch.zeros(0, 3, height, width)
     fill = tuple(int(round(255 * m)) for m in image_processor.image_mean)
     images = []
     for path in paths:
@@ -303,6 +446,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         tokens_per_image: int,
         max_length: int,
         pad_to_square: bool,
+        system: str | None = None,
     ):
         self.records = list(records)
         self.image_dir = Path(image_dir)
@@ -313,6 +457,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.pad_to_square = pad_to_square
+        self.system = system
 
     def __len__(self) -> int:
         return len(self.records)
@@ -320,11 +465,12 @@ class LlavaDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
         example = tokenize_pieces(
-            template_pieces(record, self.template),
+            template_pieces(record, self.template, self.tokenizer, self.system),
             self.tokenizer,
             self.image_token_id,
             self.tokens_per_image,
             self.max_length,
+            bos=self.template != "chat",
         )
         paths = [self.image_dir / name for name in record.images[: example.n_images]]
         return {

@@ -1,13 +1,16 @@
 """What training leaves on disk, and how `chat` and stage 2 load it back.
 
 Stage 1 writes `projector.safetensors` (the projector's weights only, as the paper's stage 1
-does) and `instructgen_train.json` (what it was trained with). Stage 2 writes a complete
-transformers checkpoint (`config.json`, `model.safetensors`, tokenizer, image processor) that
-`LlavaForConditionalGeneration.from_pretrained` loads, plus the same JSON.
+does) and `instructgen_train.json` (what it was trained with). Stage 2 writes a standard
+transformers model: `LlavaForConditionalGeneration` weights and a `LlavaProcessor` (image
+processor, tokenizer, patch size, feature strategy, and a chat template that lays a
+conversation out as training did), so that `AutoProcessor.from_pretrained` +
+`apply_chat_template` + `generate` answer with no instructgen code, plus the same JSON.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,9 +20,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
+from instructgen.contracts import IMAGE_TOKEN
 from instructgen.errors import InputError
 from instructgen.files import atomic_writer, read_json, write_json
-from instructgen.train.data import chat_prompt_pieces, load_pixels, tokenize_pieces
+from instructgen.train.data import (
+    V1_SYSTEM,
+    chat_prompt_pieces,
+    load_pixels,
+    stop_token_ids,
+    tokenize_pieces,
+)
 from instructgen.train.model import (
     Towers,
     build_model,
@@ -27,6 +37,7 @@ from instructgen.train.model import (
     load_tokenizer,
     tokens_per_image,
 )
+from instructgen.train.towers import family_of
 
 PROJECTOR_FILE = "projector.safetensors"
 META_FILE = "instructgen_train.json"
@@ -43,6 +54,57 @@ class TrainedWith:
     feature_layer: int
     template: str
     pad_to_square: bool
+    system: str | None = None  # the system message of the `chat` template, if one was given
+    vision_family: str = "clip"  # towers.py's family of the tower (loop.with_tower_family)
+
+
+# Message contents given as typed parts ({"type": "image"} / {"type": "text", "text"}), as
+# chat pipelines send them, become the text training saw: an image part is "<image>" and a
+# newline. Prepended to every exported chat template; plain string contents pass unchanged.
+_TYPED_TO_TEXT = (
+    "{%- set flat = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
+    "{%- else -%}{%- set parts = namespace(text='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}"
+    "{%- set parts.text = parts.text ~ '" + IMAGE_TOKEN + "\\n' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set parts.text = parts.text ~ part['text'] -%}"
+    "{%- endif -%}{%- endfor -%}{%- set text = parts.text -%}{%- endif -%}"
+    "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': text}] -%}"
+    "{%- endfor -%}"
+    "{%- set messages = flat.messages -%}"
+)
+# The `plain` and `v1` layouts of data.py as Jinja: plain is the image placeholders (and the
+# caption); v1 the system line, then ` USER: <question> ASSISTANT:` and ` <answer></s>`.
+_PLAIN = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- '" + IMAGE_TOKEN + "' * (message['content'].split('" + IMAGE_TOKEN + "') | length - 1) -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- message['content'] | trim -}}{{- '\\n' -}}"
+    "{%- endif -%}{%- endfor -%}"
+)
+_V1 = (
+    "{{- " + json.dumps(V1_SYSTEM) + " -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{{- ' USER: ' ~ (message['content'] | trim) ~ ' ASSISTANT:' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- ' ' ~ (message['content'] | trim) ~ eos_token -}}"
+    "{%- endif -%}{%- endfor -%}"
+)
+
+
+def processor_chat_template(template: str, tokenizer) -> str:
+    """The exported processor's chat template: the LLM tokenizer's own for `chat`, our Jinja
+    of `plain` or `v1` otherwise; each takes typed or plain string contents."""
+    if template == "chat":
+        if not isinstance(tokenizer.chat_template, str):
+            raise InputError(
+                "the tokenizer holds several named chat templates; the export needs one"
+            )
+        return _TYPED_TO_TEXT + tokenizer.chat_template
+    return _TYPED_TO_TEXT + (_PLAIN if template == "plain" else _V1)
 
 
 def read_trained_with(directory: Path) -> TrainedWith:
@@ -98,18 +160,33 @@ def load_projector(model, directory: Path) -> None:
 def export_model(
     model, tokenizer, image_processor, directory: Path, meta: TrainedWith, state_dict=None
 ):
-    """Save a loadable transformers checkpoint into `directory`, file by file atomically.
+    """Save a loadable transformers checkpoint into `directory`, file by file atomically: the
+    model, a `LlavaProcessor` of `tokenizer` and `image_processor`, and the settings.
 
     `state_dict` is the gathered one under sharded training (DeepSpeed ZeRO-3); otherwise the
     model's own weights are saved.
     """
+    from transformers import LlavaProcessor
+
+    family = family_of(model.config.vision_config.model_type, meta.vision)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=model.config.vision_config.patch_size,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        num_additional_image_tokens=family.extra_tokens,
+        chat_template=processor_chat_template(meta.template, tokenizer),
+        image_token=IMAGE_TOKEN,
+    )
+    # generate() then stops at the end of a turn with no argument, as for a model of the Hub.
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer, meta.template)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=directory))
     try:
         model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        image_processor.save_pretrained(staging)
+        processor.save_pretrained(staging)
         write_json(staging / META_FILE, asdict(meta), indent=2)
         # config.json goes last, so a half-moved export is not mistaken for a complete one.
         names = sorted(p.name for p in staging.iterdir() if p.name != "config.json")
@@ -121,14 +198,13 @@ def export_model(
 
 def load_trained(directory: Path, dtype: torch.dtype = torch.float32):
     """Load a stage-2 export or a stage-1 projector folder: (model, tokenizer, processor, meta)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     directory = Path(directory)
     meta = read_trained_with(directory)
     if (directory / "config.json").is_file():
         model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        processor = AutoImageProcessor.from_pretrained(directory)
+        tokenizer, processor = load_folder_processor(directory)
     else:
         tokenizer = load_tokenizer(meta.llm)
         processor = load_image_processor(meta.vision)
@@ -136,6 +212,19 @@ def load_trained(directory: Path, dtype: torch.dtype = torch.float32):
         model = build_model(towers, tokenizer, dtype)
         load_projector(model, directory)
     return model.eval(), tokenizer, processor, meta
+
+
+def load_folder_processor(directory: Path):
+    """(tokenizer, image processor) of a model folder: from its `LlavaProcessor`, or from the
+    separate tokenizer and image processor files of folders saved without one."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    processor = AutoProcessor.from_pretrained(directory)
+    if hasattr(processor, "image_processor") and hasattr(processor, "tokenizer"):
+        if getattr(processor, "chat_template", None):  # the model's own layout, multimodal
+            processor.tokenizer.chat_template = processor.chat_template
+        return processor.tokenizer, processor.image_processor
+    return AutoTokenizer.from_pretrained(directory), AutoImageProcessor.from_pretrained(directory)
 
 
 @torch.no_grad()
@@ -149,12 +238,17 @@ def answer(
     max_new_tokens: int = 256,
 ) -> str:
     """Greedy answer of a trained model to `question` about `image` (prompted as in training)."""
+    # An exported model's tokenizer carries the processor's template, which takes typed parts.
+    typed = meta.stage == 2
     example = tokenize_pieces(
-        chat_prompt_pieces(question, meta.template, has_image=image is not None),
+        chat_prompt_pieces(
+            question, meta.template, image is not None, tokenizer, meta.system, typed
+        ),
         tokenizer,
         model.config.image_token_index,
         tokens_per_image(model.config.vision_config),
         max_length=10**9,
+        bos=meta.template != "chat",
     )
     input_ids = torch.tensor([example.input_ids], device=model.device)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
@@ -165,7 +259,7 @@ def answer(
         **inputs,
         max_new_tokens=max_new_tokens,
         do_sample=False,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(tokenizer, meta.template),
         pad_token_id=tokenizer.pad_token_id,
     )
     return tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True).strip()

@@ -2,7 +2,8 @@
 
 Stage 1 trains the projector on pretrain.json with the `plain` template; stage 2 starts from
 the stage-1 projector (or a fresh one: no pretraining) and trains projector and LLM on
-llava_instruct.json with `v1`. The vision tower is frozen in both. Run it plainly, or under
+llava_instruct.json with `v1` (or the LLM's own chat template, `chat`), in length-grouped
+batches (batches.py). The vision tower is frozen in both. Run it plainly, or under
 `accelerate launch --config_file configs/zero3.yaml` for many GPUs: accelerate does all the
 distributed work.
 """
@@ -14,7 +15,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -24,12 +25,14 @@ from transformers import get_cosine_schedule_with_warmup
 
 from instructgen.errors import InputError
 from instructgen.files import atomic_writer, read_json, write_json
+from instructgen.train.batches import LengthGroupedBatches, record_length
 from instructgen.train.data import (
     TEMPLATES,
     LlavaDataset,
     check_template,
     collate,
     read_records,
+    require_chat_template,
 )
 from instructgen.train.export import (
     META_FILE,
@@ -49,6 +52,7 @@ from instructgen.train.model import (
     set_trainable,
     tokens_per_image,
 )
+from instructgen.train.towers import tower_family
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class TrainConfig:
     projector: str = "linear"
     feature_layer: int = -2
     template: str | None = None
+    system: str | None = None  # system message of the `chat` template
     pad_to_square: bool = False
     max_length: int = MAX_LENGTH
     epochs: float | None = None
@@ -105,6 +110,7 @@ class TrainConfig:
     lora_rank: int = 0
     save_every: int = 500  # optimizer steps between resumable checkpoints; 0: none
     resume: bool = False
+    group_by_length: bool | None = None  # None: on in stage 2, off in stage 1
     log_every: int = 10
     seed: int = 0
     workers: int = 2
@@ -148,8 +154,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     say = echo if accelerator.is_main_process else (lambda _: None)
 
     records = read_records(cfg.data, cfg.images)
-    check_template(records, meta.template, cfg.data)
-    tokenizer = load_tokenizer(meta.llm)
+    tokenizer = check_data(records, meta, cfg.data)
+    meta = with_tower_family(meta)
     processor = load_image_processor(meta.vision)
     train_llm = cfg.stage == 2 and not cfg.freeze_llm and not cfg.lora_rank
     # Frozen towers can sit in bf16; weights the optimizer updates stay in fp32.
@@ -173,6 +179,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
 
+    per_image = tokens_per_image(model.config.vision_config)
     dataset = LlavaDataset(
         records,
         cfg.images,
@@ -180,14 +187,25 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         processor,
         template=meta.template,
         image_token_id=model.config.image_token_index,
-        tokens_per_image=tokens_per_image(model.config.vision_config),
+        tokens_per_image=per_image,
         max_length=cfg.max_length,
         pad_to_square=cfg.pad_to_square,
+        system=meta.system,
     )
+    group = group_by_length(cfg)
+    grouped = None
+    batching: dict = {"batch_size": cfg.micro_batch, "shuffle": True}
+    if group:
+        grouped = LengthGroupedBatches(
+            [record_length(r, per_image) for r in records],
+            [bool(r.images) for r in records],
+            cfg.micro_batch,
+            cfg.seed,
+        )
+        batching = {"batch_sampler": grouped}
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=cfg.micro_batch,
-        shuffle=True,
+        **batching,
         collate_fn=partial(collate, pad_token_id=tokenizer.pad_token_id),
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,  # don't restart workers every epoch
@@ -195,10 +213,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         # one that dropout uses, so a resumed run's dropout masks are the uninterrupted run's.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    batches_per_epoch = math.ceil(len(dataset) / (cfg.micro_batch * processes))
-    total_steps = optimizer_steps(
-        len(dataset), cfg.micro_batch, processes, accum, epochs, cfg.max_steps
-    )
+    batches = len(grouped) if grouped is not None else math.ceil(len(dataset) / cfg.micro_batch)
+    batches_per_epoch = math.ceil(batches / processes)
+    total_steps = optimizer_steps(batches_per_epoch, accum, epochs, cfg.max_steps)
     # The fused kernel updates in place: the default multi-tensor one holds a temporary as
     # large as the trained weights, 27 GB for a fully trained 7B LLM.
     fused = accelerator.device.type == "cuda"
@@ -224,6 +241,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         "steps": total_steps,
         "lr": lr,
         "warmup_ratio": cfg.warmup_ratio,
+        "group_by_length": group,
     }
     if checkpoint:
         _check_same_towers(checkpoint, meta)
@@ -239,7 +257,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     say(
         f"stage {cfg.stage}: {len(dataset)} records, {total_steps} steps of {global_batch} "
         f"sequences ({cfg.micro_batch} x {processes} device(s) x {accum} accumulation), "
-        f"lr {lr:g}, {n_trainable:,} trainable parameters, precision {precision}"
+        f"lr {lr:g}, {n_trainable:,} trainable parameters, precision {precision}, "
+        f"template {meta.template}, {meta.vision_family} tower"
+        + (", length-grouped batches" if group else "")
     )
 
     started = window_start = time.perf_counter()
@@ -248,6 +268,8 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
     model.train()
     while step < total_steps:
         loader.set_epoch(epoch)
+        if grouped is not None:  # the object itself: accelerate may wrap it for sharding
+            grouped.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for seen, batch in enumerate(batches, start=skip + 1):
             with accelerator.accumulate(model):
@@ -337,11 +359,33 @@ def accumulation(global_batch: int, micro_batch: int, processes: int) -> int:
 
 
 def optimizer_steps(
-    records: int, micro_batch: int, processes: int, accum: int, epochs: float, max_steps: int | None
+    batches_per_epoch: int, accum: int, epochs: float, max_steps: int | None
 ) -> int:
-    """Optimizer steps of a run: `max_steps`, else `epochs` passes (a last partial step counts)."""
-    batches_per_epoch = math.ceil(records / (micro_batch * processes))
+    """Optimizer steps of a run: `max_steps`, else `epochs` passes (a last partial step counts);
+    `batches_per_epoch` are the micro-batches one device sees per epoch."""
     return max_steps or max(1, math.ceil(math.ceil(batches_per_epoch / accum) * epochs))
+
+
+def check_data(records, meta: TrainedWith, source: Path):
+    """Lay out every record in the run's template before any tower is looked for (`chat` needs
+    the tokenizer first); return the LLM's tokenizer."""
+    if meta.template != "chat":
+        check_template(records, meta.template, source)
+    tokenizer = load_tokenizer(meta.llm)
+    if meta.template == "chat":
+        require_chat_template(tokenizer, meta.llm)
+        check_template(records, meta.template, source, tokenizer, meta.system)
+    return tokenizer
+
+
+def with_tower_family(meta: TrainedWith) -> TrainedWith:
+    """`meta` with the family of its vision tower, read from the tower's config."""
+    return replace(meta, vision_family=tower_family(meta.vision).name)
+
+
+def group_by_length(cfg: TrainConfig) -> bool:
+    """Whether batches are length-grouped: as asked, else in stage 2 only."""
+    return cfg.group_by_length if cfg.group_by_length is not None else cfg.stage == 2
 
 
 def trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
@@ -349,20 +393,26 @@ def trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
     template = cfg.template or recipe.template
     if template not in TEMPLATES:
         raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {template!r}")
+    if cfg.system is not None and template != "chat":
+        raise InputError(
+            f"--system is the system message of --template chat; {template} has its own layout"
+        )
     if cfg.stage == 1 and (cfg.lora_rank or cfg.freeze_llm):
         raise InputError(
             "--lora-rank and --freeze-llm are stage-2 options: stage 1 trains the projector only"
         )
     if cfg.stage == 2 and cfg.projector_from is not None:
         before = read_trained_with(cfg.projector_from)
+        vision = cfg.vision or before.vision
         return TrainedWith(
             stage=2,
-            vision=cfg.vision or before.vision,
+            vision=vision,
             llm=cfg.llm or before.llm,
             projector=before.projector,
             feature_layer=before.feature_layer,
             template=template,
             pad_to_square=cfg.pad_to_square,
+            system=cfg.system,
         )
     if not cfg.vision or not cfg.llm:
         raise InputError(
@@ -371,13 +421,14 @@ def trained_with(cfg: TrainConfig, recipe: Recipe) -> TrainedWith:
         )
     # Stage 2 without a stage-1 projector starts from a fresh one (no pretraining).
     return TrainedWith(
-        cfg.stage,
-        cfg.vision,
-        cfg.llm,
-        cfg.projector,
-        cfg.feature_layer,
-        template,
-        cfg.pad_to_square,
+        stage=cfg.stage,
+        vision=cfg.vision,
+        llm=cfg.llm,
+        projector=cfg.projector,
+        feature_layer=cfg.feature_layer,
+        template=template,
+        pad_to_square=cfg.pad_to_square,
+        system=cfg.system,
     )
 
 

@@ -1,4 +1,6 @@
-"""The model: CLIP vision tower + projector + causal LLM, as `LlavaForConditionalGeneration`.
+"""The model: vision tower + projector + causal LLM, as `LlavaForConditionalGeneration`.
+
+The tower's family (CLIP, SigLIP) is chosen in `towers.py`.
 
 Building on the transformers class means a trained model saves and loads with
 `from_pretrained` anywhere in that ecosystem. The paper's `linear` projector is stored in the
@@ -16,8 +18,6 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
-    CLIPVisionConfig,
-    CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
@@ -25,6 +25,12 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from instructgen.contracts import IMAGE_TOKEN
 from instructgen.errors import InputError
+from instructgen.train.towers import (
+    family_of,
+    load_or_explain,
+    load_vision_config,
+    load_vision_tower,
+)
 
 PROJECTORS = ("linear", "mlp2x_gelu")
 _ACTIVATION = {"linear": "linear", "mlp2x_gelu": "gelu"}
@@ -44,7 +50,7 @@ class Towers:
 
 def load_tokenizer(llm: str):
     """The LLM's tokenizer with `<image>` added as a special token and a pad token set."""
-    tokenizer = _load(AutoTokenizer.from_pretrained, llm, "tokenizer")
+    tokenizer = load_or_explain(AutoTokenizer.from_pretrained, llm, "tokenizer")
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         # Padding is masked out of attention and loss, so any existing token will do.
@@ -54,14 +60,14 @@ def load_tokenizer(llm: str):
 
 def load_image_processor(vision: str):
     """The vision tower's own preprocessing (resize, crop, normalise)."""
-    return _load(AutoImageProcessor.from_pretrained, vision, "image processor")
+    return load_or_explain(AutoImageProcessor.from_pretrained, vision, "image processor")
 
 
 def build_model(towers: Towers, tokenizer, dtype: torch.dtype = torch.float32):
     """Assemble a `LlavaForConditionalGeneration` from pretrained towers and a fresh projector."""
     _check_projector(towers.projector)
-    vision = _load(CLIPVisionModel.from_pretrained, towers.vision, "vision tower", dtype=dtype)
-    causal = _load(AutoModelForCausalLM.from_pretrained, towers.llm, "LLM", dtype=dtype)
+    vision = load_vision_tower(towers.vision, dtype=dtype)
+    causal = load_or_explain(AutoModelForCausalLM.from_pretrained, towers.llm, "LLM", dtype=dtype)
     if len(tokenizer) > causal.get_input_embeddings().num_embeddings:
         causal.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     config = llava_config(towers, vision.config, causal.config, tokenizer)
@@ -82,8 +88,8 @@ def build_empty_model(towers: Towers, tokenizer):
     costs nothing. Its parameter names, shapes and counts equal those of `build_model`.
     """
     _check_projector(towers.projector)
-    vision_config = _load(CLIPVisionConfig.from_pretrained, towers.vision, "vision config")
-    text_config = _load(AutoConfig.from_pretrained, towers.llm, "LLM config")
+    vision_config = load_vision_config(towers.vision)
+    text_config = load_or_explain(AutoConfig.from_pretrained, towers.llm, "LLM config")
     # build_model grows the embeddings to the tokenizer (the added <image> token); so do we.
     text_config.vocab_size = max(text_config.vocab_size, len(tokenizer))
     config = llava_config(towers, vision_config, text_config, tokenizer)
@@ -92,7 +98,8 @@ def build_empty_model(towers: Towers, tokenizer):
 
 
 def llava_config(towers: Towers, vision_config, text_config, tokenizer) -> LlavaConfig:
-    """The wiring of the two towers: image token, feature layer, projector activation."""
+    """The wiring of the two towers: image token, feature layer and strategy, projector."""
+    family = family_of(vision_config.model_type, towers.vision)
     return LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
@@ -100,7 +107,7 @@ def llava_config(towers: Towers, vision_config, text_config, tokenizer) -> Llava
         image_seq_length=tokens_per_image(vision_config),
         projector_hidden_act=_ACTIVATION[towers.projector],
         vision_feature_layer=towers.feature_layer,
-        vision_feature_select_strategy="default",  # drop the CLS token, keep patch tokens
+        vision_feature_select_strategy=family.feature_strategy,
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
 
@@ -127,7 +134,8 @@ def projector_kind(model) -> str:
 
 
 def tokens_per_image(vision_config) -> int:
-    """Patch tokens one image contributes (CLS dropped): (image_size / patch_size) squared."""
+    """Patch tokens one image contributes: (image_size / patch_size) squared, for CLIP (its CLS
+    token dropped) and SigLIP (no CLS token) alike."""
     return (vision_config.image_size // vision_config.patch_size) ** 2
 
 
@@ -174,14 +182,3 @@ def merge_lora(model) -> None:
 
     if isinstance(model.model.language_model, PeftModel):
         model.model.language_model = model.model.language_model.merge_and_unload()
-
-
-def _load(loader, name: str, what: str, **kwargs):
-    try:
-        return loader(name, **kwargs)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(
-            f"cannot load the {what} from {name!r}: {first} "
-            "(give a local directory made by save_pretrained, or a hub name already in the cache)"
-        ) from None

@@ -8,24 +8,32 @@ benchmark checks it against a measured peak on a GPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from instructgen.errors import InputError
 from instructgen.files import read_json, write_json
-from instructgen.train.data import check_template, parse_records, template_pieces, tokenize_many
+from instructgen.train.batches import grouped_batches_per_epoch
+from instructgen.train.data import (
+    parse_records,
+    template_pieces,
+    tokenize_many,
+)
 from instructgen.train.export import TrainedWith
 from instructgen.train.loop import (
     RECIPES,
     TrainConfig,
     accumulation,
+    check_data,
+    group_by_length,
     optimizer_steps,
     trained_with,
+    with_tower_family,
 )
 from instructgen.train.model import (
     Towers,
     build_empty_model,
-    load_tokenizer,
     lora_params,
     set_trainable,
     tokens_per_image,
@@ -124,6 +132,9 @@ class Plan:
     setting: str
     vision: str
     llm: str
+    vision_family: str  # towers.py's family: clip, siglip
+    template: str
+    group_by_length: bool
     records: int
     epochs: float
     steps: int
@@ -178,7 +189,7 @@ def plan_run(
         raise InputError(f"--gpu-tflops must be more than 0, got {gpu_tflops:g}")
     if gpu_memory_gb <= 0:
         raise InputError(f"--gpu-memory-gb must be more than 0, got {gpu_memory_gb:g}")
-    meta = _planned_towers(cfg)
+    meta = planned_towers(cfg)
     global_batch = cfg.global_batch or recipe.global_batch
     epochs = cfg.epochs if cfg.epochs is not None else recipe.epochs
     accum = accumulation(global_batch, cfg.micro_batch, gpus)
@@ -187,17 +198,29 @@ def plan_run(
         raise InputError(f"--precision must be auto, bf16 or fp32, got {cfg.precision!r}")
 
     records = parse_records(read_json(cfg.data), Path(cfg.data))
-    check_template(records, meta.template, cfg.data)
-    tokenizer = load_tokenizer(meta.llm)
+    tokenizer = check_data(records, meta, cfg.data)
+    meta = with_tower_family(meta)
     towers = Towers(meta.vision, meta.llm, meta.projector, meta.feature_layer)
     model = build_empty_model(towers, tokenizer)
     per_image = tokens_per_image(model.config.vision_config)
     lengths, images = sequence_lengths(
-        records, meta.template, tokenizer, model.config.image_token_index, per_image, cfg.max_length
+        records,
+        meta.template,
+        tokenizer,
+        model.config.image_token_index,
+        per_image,
+        cfg.max_length,
+        meta.system,
     )
     mean_tokens = sum(lengths) / len(lengths) if lengths else 0.0
     max_tokens = max(lengths, default=0)
-    steps = optimizer_steps(len(records), cfg.micro_batch, gpus, accum, epochs, cfg.max_steps)
+    grouped = group_by_length(cfg)
+    batches = (
+        grouped_batches_per_epoch([bool(r.images) for r in records], cfg.micro_batch)
+        if grouped
+        else math.ceil(len(records) / cfg.micro_batch)
+    )
+    steps = optimizer_steps(math.ceil(batches / gpus), accum, epochs, cfg.max_steps)
     tokens_per_step = round(global_batch * mean_tokens)
 
     chosen = _setting(cfg)
@@ -230,6 +253,9 @@ def plan_run(
         setting=chosen.name,
         vision=meta.vision,
         llm=meta.llm,
+        vision_family=meta.vision_family,
+        template=meta.template,
+        group_by_length=grouped,
         records=len(records),
         epochs=epochs,
         steps=steps,
@@ -254,13 +280,23 @@ def plan_run(
 
 
 def sequence_lengths(
-    records, template: str, tokenizer, image_token_id: int, per_image: int, max_length: int
+    records,
+    template: str,
+    tokenizer,
+    image_token_id: int,
+    per_image: int,
+    max_length: int,
+    system: str | None = None,
 ) -> tuple[list[int], list[int]]:
     """Tokens per record (image tokens included, after the cut) and images each one keeps."""
     lengths, images = [], []
+    bos = template != "chat"
     for start in range(0, len(records), _TOKENIZE_CHUNK):
-        chunk = [template_pieces(r, template) for r in records[start : start + _TOKENIZE_CHUNK]]
-        for example in tokenize_many(chunk, tokenizer, image_token_id, per_image, max_length):
+        chunk = [
+            template_pieces(r, template, tokenizer, system)
+            for r in records[start : start + _TOKENIZE_CHUNK]
+        ]
+        for example in tokenize_many(chunk, tokenizer, image_token_id, per_image, max_length, bos):
             lengths.append(len(example.input_ids))
             images.append(example.n_images)
     return lengths, images
@@ -346,13 +382,19 @@ def flops_per_token(counts: dict[str, int], setting: Setting, image_share: float
     return image * image_share + 4 * llm + 2 * trained
 
 
-def _planned_towers(cfg: TrainConfig) -> TrainedWith:
+def planned_towers(cfg: TrainConfig) -> TrainedWith:
     """Towers of the run; a stage-2 plan may name them with --vision/--llm instead of a
     stage-1 folder, so that both stages are planned before either runs."""
     if cfg.stage == 2 and cfg.projector_from is None and cfg.vision and cfg.llm:
-        template = cfg.template or RECIPES[2].template
         return TrainedWith(
-            2, cfg.vision, cfg.llm, cfg.projector, cfg.feature_layer, template, cfg.pad_to_square
+            stage=2,
+            vision=cfg.vision,
+            llm=cfg.llm,
+            projector=cfg.projector,
+            feature_layer=cfg.feature_layer,
+            template=cfg.template or RECIPES[2].template,
+            pad_to_square=cfg.pad_to_square,
+            system=cfg.system,
         )
     return trained_with(cfg, RECIPES[cfg.stage])
 
@@ -437,6 +479,8 @@ def plan_lines(plan: Plan) -> list[str]:
     """The plan as a reader wants it on the terminal."""
     p = plan.params
     lines = [
+        f"towers: {plan.vision} ({plan.vision_family}) + {plan.llm}, template {plan.template}"
+        + (", length-grouped batches" if plan.group_by_length else ""),
         f"plan: {plan.setting}, {plan.records:,} records, {plan.steps:,} steps of "
         f"{plan.global_batch} sequences ({plan.micro_batch} x {plan.gpus} GPU(s) x "
         f"{plan.accumulation} accumulation), {plan.precision}, max length {plan.max_length}",
