@@ -29,6 +29,10 @@ BACKEND    ?= openai
 RUN_ARGS   ?=
 SEED       ?= 0
 RUN        ?=
+QA90       := examples/llava-bench-qa90
+# Evaluation files whose images get no context (coco --exclude-images); the recipe's default
+# is its own evaluation sets: LLaVA-Bench's questions and the POPE files.
+EXCLUDE    ?= $(if $(RUN),$(QUESTIONS) $(if $(POPE_CONTEXTS),$(POPE_FILES)))
 DATA       ?= $(if $(RUN),$(RUN)/data,data)
 IMAGE_IDS  ?=
 
@@ -36,14 +40,15 @@ IMAGE_IDS  ?=
 # few minutes on 2 cores. RANDOM-weight tiny towers, the template backend, the bundled images,
 # the bundled CC3M rows (filtered; stage 1 trains on the images' COCO captions, since CC3M
 # images are not bundled), a few steps per stage, the judge as a dry run.
-DEMO_IMAGES ?= tests/data/train_images
+DEMO_IMAGES ?= examples/coco-train2017-16/train2017
 ifneq ($(filter demo-recipe,$(MAKECMDGOALS)),)
 RUN          := $(or $(RUN),runs/demo)
 DEMO_TRAIN   := --max-steps 4 --batch-size 4 --micro-batch-size 2 --workers 0 --save-every 2 \
                 --log-every 1 --no-gradient-checkpointing
 BACKEND      := template
 IMAGES       := $(DEMO_IMAGES)
-IMAGE_IDS    := $(RUN)/demo/image_ids.txt
+CAPTIONS     := examples/coco-train2017-16/captions_train2017.json
+INSTANCES    := examples/coco-train2017-16/instances_train2017.json
 CC3M         := tests/data/cc3m_val_300.tsv
 TOWERS       := $(RUN)/towers/random_weights.json
 VISION       := $(RUN)/towers/vision
@@ -58,6 +63,11 @@ EVAL_IMAGES  := $(DEMO_IMAGES)
 REFERENCE    := $(RUN)/demo/reference.jsonl
 JUDGE_CONTEXTS := $(RUN)/data/contexts.jsonl
 ANSWER_ARGS  := --max-new-tokens 16
+# No held-out images are bundled: the demo's POPE asks about its own training images.
+POPE_CONTEXTS := $(RUN)/data/contexts.jsonl
+POPE_N       := 13
+POPE_ANSWER_ARGS := --max-new-tokens 4 --batch-size 32
+EXCLUDE      := $(QA90)/qa90_questions.jsonl
 OPENAI_API_KEY :=
 endif
 ifneq ($(filter recipe demo-recipe,$(MAKECMDGOALS)),)
@@ -68,6 +78,35 @@ ifeq ($(and $(VISION),$(LLM)),)
 $(error set VISION= and LLM= (folders or hub names) for the recipe)
 endif
 endif
+
+# Recipe settings (see `make recipe` below).
+VISION       ?=
+LLM          ?=
+CC3M         ?=
+CC3M_IMAGES  ?=
+STAGE1_DATA  ?= $(RUN)/cc3m/pretrain.json
+STAGE1_IMAGES ?= $(CC3M_IMAGES)
+GPUS         ?= 1
+ZERO         ?= zero2
+STAGE1_ARGS  ?=
+STAGE2_ARGS  ?=
+PLAN_ARGS    ?=
+EVAL_IMAGES  ?=
+QUESTIONS    ?= $(QA90)/qa90_questions.jsonl
+REFERENCE    ?= $(QA90)/qa90_gpt4_answer.jsonl
+JUDGE_CONTEXTS ?= $(QA90)/caps_boxes_coco2014_val_80.jsonl
+ANSWER_ARGS  ?=
+SCIENCEQA    ?=
+SCIENCEQA_IMAGES ?= $(SCIENCEQA)/images
+TOWERS       ?=
+# POPE from held-out COCO annotations (the paper: val2014): on when POPE_INSTANCES is set.
+POPE_CAPTIONS  ?=
+POPE_INSTANCES ?=
+POPE_CONTEXTS  ?= $(if $(POPE_INSTANCES),$(RUN)/eval/pope/contexts.jsonl)
+POPE_IMAGES    ?= $(EVAL_IMAGES)
+POPE_N         ?= 500
+POPE_ANSWER_ARGS ?= $(ANSWER_ARGS)
+POPE_FILES = $(foreach s,random popular adversarial,$(RUN)/eval/pope/pope_$(s).jsonl)
 
 .PHONY: install install-train install-ray chromium test lint bench demo eval pipeline recipe \
         demo-recipe clean FORCE
@@ -108,16 +147,16 @@ bench: install
 
 # --- the COCO pipeline -------------------------------------------------------------------
 # A settings file changes only when its settings do, so Make rebuilds exactly what they affect.
-coco_SETTINGS   = $(CAPTIONS) $(INSTANCES) $(LIMIT) $(IMAGE_IDS)
+coco_SETTINGS   = $(CAPTIONS) $(INSTANCES) $(LIMIT) $(IMAGE_IDS) $(EXCLUDE)
 render_SETTINGS = $(MODEL) $(TASKS) $(MAX_TOKENS) $(IMAGE) $(IMAGES) $(IMAGE_DETAIL)
 run_SETTINGS    = $(BACKEND)
 build_SETTINGS  = $(SEED)
 $(DATA)/.%-settings: FORCE
 	+@mkdir -p $(DATA); echo '$($*_SETTINGS)' | cmp -s - $@ || echo '$($*_SETTINGS)' > $@
 
-$(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(IMAGE_IDS) $(DATA)/.coco-settings | install
+$(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(IMAGE_IDS) $(EXCLUDE) $(DATA)/.coco-settings | install
 	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT)) \
-	    $(if $(IMAGE_IDS),--image-ids $(IMAGE_IDS))
+	    $(if $(IMAGE_IDS),--image-ids $(IMAGE_IDS)) $(if $(EXCLUDE),--exclude-images $(EXCLUDE))
 
 $(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
 	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS) \
@@ -145,7 +184,6 @@ demo: install
 # --- evaluation ---------------------------------------------------------------------------
 # The GPT-judge relative score on the bundled LLaVA-Bench qa90 files; without OPENAI_API_KEY a
 # dry run (requests and the cost estimate). CANDIDATE: the answers of `instructgen answer`.
-QA90       := examples/llava-bench-qa90
 CANDIDATE  ?= $(QA90)/qa90_gpt4_answer.jsonl
 JUDGE      ?= gpt-4o
 JUDGE_ARGS ?=
@@ -162,26 +200,6 @@ eval: install
 #       EVAL_IMAGES=...`; `make -n recipe RUN=...` prints the plan. Each file is rebuilt when
 # an input or one of its settings (RUN/settings/) changes; a killed step resumes: generation
 # from its journal, training from its newest checkpoint (--resume), answers from OUT.partial.
-VISION       ?=
-LLM          ?=
-CC3M         ?=
-CC3M_IMAGES  ?=
-STAGE1_DATA  ?= $(RUN)/cc3m/pretrain.json
-STAGE1_IMAGES ?= $(CC3M_IMAGES)
-GPUS         ?= 1
-ZERO         ?= zero2
-STAGE1_ARGS  ?=
-STAGE2_ARGS  ?=
-PLAN_ARGS    ?=
-EVAL_IMAGES  ?=
-QUESTIONS    ?= $(QA90)/qa90_questions.jsonl
-REFERENCE    ?= $(QA90)/qa90_gpt4_answer.jsonl
-JUDGE_CONTEXTS ?= $(QA90)/caps_boxes_coco2014_val_80.jsonl
-ANSWER_ARGS  ?=
-SCIENCEQA    ?=
-SCIENCEQA_IMAGES ?= $(SCIENCEQA)/images
-TOWERS       ?=
-
 TRAIN = $(if $(filter 1,$(GPUS)),$(IG) train,$(BIN)/accelerate launch --config_file \
         configs/$(ZERO).yaml --num_processes $(GPUS) -m instructgen.cli train)
 # Without a key the judge only writes its requests and prints their cost (a dry run).
@@ -200,6 +218,8 @@ answer_SETTINGS = $(QUESTIONS) $(EVAL_IMAGES) $(ANSWER_ARGS)
 judge_SETTINGS  = $(JUDGE) $(REFERENCE) $(JUDGE_CONTEXTS) $(JUDGE_ARGS) \
                   $(if $(OPENAI_API_KEY),with-key,dry-run)
 scienceqa_SETTINGS = $(SCIENCEQA) $(ANSWER_ARGS)
+pope_SETTINGS   = $(POPE_CAPTIONS) $(POPE_INSTANCES) $(POPE_CONTEXTS) $(POPE_N) $(SEED)
+popeanswer_SETTINGS = $(POPE_IMAGES) $(POPE_ANSWER_ARGS)
 # `+`: written even under `make -n`, so that the plan shows only what really changed.
 $(RUN)/settings/%: FORCE
 	+@mkdir -p $(@D); echo '$($*_SETTINGS)' | cmp -s - $@ || echo '$($*_SETTINGS)' > $@
@@ -240,6 +260,24 @@ $(JUDGE_OUT): $(RUN)/eval/answers.jsonl $(REFERENCE) $(JUDGE_CONTEXTS) $(RUN)/se
 	$(IG) judge --questions $(QUESTIONS) --contexts $(JUDGE_CONTEXTS) --reference $(REFERENCE) \
 	    --candidate $< -o $(@D) --model $(JUDGE) $(if $(OPENAI_API_KEY),,--dry-run) $(JUDGE_ARGS)
 
+# Hallucination of the model's own answers, against the question images' contexts.
+$(RUN)/eval/chair.json: $(RUN)/eval/answers.jsonl $(JUDGE_CONTEXTS) | install
+	$(IG) chair $< --questions $(RUN)/eval/questions.jsonl --contexts $(JUDGE_CONTEXTS) -o $@
+
+$(RUN)/eval/pope/contexts.jsonl: $(POPE_CAPTIONS) $(POPE_INSTANCES) | install
+	$(IG) coco --captions $(POPE_CAPTIONS) --instances $(POPE_INSTANCES) -o $@
+
+$(POPE_FILES) &: $(POPE_CONTEXTS) $(RUN)/settings/pope | install
+	$(IG) pope build --contexts $(POPE_CONTEXTS) --images $(POPE_N) --seed $(SEED) -o $(RUN)/eval/pope
+
+$(RUN)/eval/pope/result.json: $(POPE_FILES) $(RUN)/stage2/model.safetensors \
+        $(RUN)/settings/popeanswer | install
+	@rm -f $(@D)/answers.jsonl
+	cat $(POPE_FILES) > $(@D)/questions.jsonl
+	$(IG) answer --questions $(@D)/questions.jsonl --images $(POPE_IMAGES) --model $(RUN)/stage2 \
+	    -o $(@D)/answers.jsonl $(POPE_ANSWER_ARGS)
+	$(IG) pope score --questions $(@D) --answers $(@D)/answers.jsonl -o $@
+
 SQA = --problems $(SCIENCEQA)/problems.json --pid-splits $(SCIENCEQA)/pid_splits.json --split test
 $(RUN)/eval/scienceqa/questions.jsonl: $(RUN)/settings/scienceqa | install
 	$(IG) scienceqa questions $(SQA) -o $@
@@ -252,19 +290,17 @@ $(RUN)/eval/scienceqa/result.json: $(RUN)/eval/scienceqa/questions.jsonl $(RUN)/
 
 RECIPE_FILES = $(if $(CC3M),$(RUN)/cc3m/pretrain.json) $(DATA)/llava/llava_instruct.json \
         $(RUN)/stage2/plan.json $(RUN)/stage2/model.safetensors \
-        $(RUN)/eval/answers.jsonl $(JUDGE_OUT) \
+        $(RUN)/eval/answers.jsonl $(RUN)/eval/chair.json $(JUDGE_OUT) \
+        $(if $(POPE_CONTEXTS),$(RUN)/eval/pope/result.json) \
         $(if $(SCIENCEQA),$(RUN)/eval/scienceqa/result.json)
 $(RUN)/report.html: $(RECIPE_FILES) | install
 	$(IG) report $(RUN) -o $@
 	@echo "open $@$(if $(TOWERS), (RANDOM-weight towers: no model figure means anything))"
 
-# The demo's own inputs (see demo-recipe): tiny random towers, the bundled images' ids, COCO
-# captions as stage-1 pairs, and questions on the bundled images with the build's answers.
+# The demo's own inputs (see demo-recipe): tiny random towers, COCO captions as stage-1 pairs,
+# and questions on the bundled images with the build's answers as reference.
 $(RUN)/towers/random_weights.json: examples/demo_recipe.py | install
 	$(BIN)/python examples/demo_recipe.py towers $(@D)
-
-$(RUN)/demo/image_ids.txt: $(wildcard $(IMAGES)/*.jpg) | install
-	$(BIN)/python examples/demo_recipe.py image-ids $(IMAGES) -o $@
 
 $(RUN)/demo/stage1_pairs.json: $(DATA)/contexts.jsonl | install
 	$(BIN)/python examples/demo_recipe.py stage1-pairs $< -o $@

@@ -1,7 +1,6 @@
 """The demo recipe's own inputs (`make demo-recipe`), each labelled for what it is.
 
     python examples/demo_recipe.py towers OUT            tiny towers with RANDOM weights
-    python examples/demo_recipe.py image-ids IMAGES -o ids.txt
     python examples/demo_recipe.py stage1-pairs contexts.jsonl -o pairs.json
     python examples/demo_recipe.py questions llava_instruct.json -o questions.jsonl \
         --reference reference.jsonl
@@ -10,7 +9,6 @@
   2-layer Llama with a byte-level tokenizer, built from configs, nothing downloaded. Every text
   tokenizes, so the towers do not depend on the data, and a new seed file does not rebuild
   them. Their answers are noise: every figure made with them is labelled "random weights".
-- image-ids: the COCO ids of the bundled JPEGs, so generation covers only images on disk.
 - stage1-pairs: stage 1 needs images, and CC3M's are not bundled (the demo filters the bundled
   CC3M rows all the same). So each bundled COCO image's first human caption becomes one
   brief-caption pair, as pretrain.json holds them; every record says `"source": "coco-caption
@@ -25,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from pathlib import Path
 
 import torch
@@ -85,18 +82,6 @@ def towers(out: Path) -> None:
     print(f"tiny towers with RANDOM weights -> {out}/vision, {out}/llm")
 
 
-def image_ids(images: Path, out: Path) -> None:
-    """One COCO image id per line for the JPEGs named like 000000030752.jpg in `images`."""
-    ids = sorted(
-        int(m[1]) for p in images.glob("*.jpg") if (m := re.fullmatch(r"(\d+)\.jpg", p.name))
-    )
-    if not ids:
-        raise SystemExit(f"{images}: no COCO-named JPEG (000000030752.jpg)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{i}\n" for i in ids))
-    print(f"{len(ids)} bundled image ids -> {out}")
-
-
 def stage1_pairs(contexts: Path, out: Path, brief: Path, seed: int) -> None:
     """pretrain.json-style records: a brief-caption question and the image's first caption."""
     phrasings = [line.strip() for line in brief.read_text().splitlines() if line.strip()]
@@ -145,9 +130,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("towers").add_argument("out", type=Path)
-    ids = sub.add_parser("image-ids")
-    ids.add_argument("images", type=Path)
-    ids.add_argument("-o", "--output", type=Path, required=True)
     pairs = sub.add_parser("stage1-pairs")
     pairs.add_argument("contexts", type=Path)
     pairs.add_argument("-o", "--output", type=Path, required=True)
@@ -160,8 +142,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "towers":
         towers(args.out)
-    elif args.command == "image-ids":
-        image_ids(args.images, args.output)
     elif args.command == "stage1-pairs":
         stage1_pairs(args.contexts, args.output, args.brief, args.seed)
     else:

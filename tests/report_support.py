@@ -131,7 +131,7 @@ def make_run(test_data: Path, run: Path, random_weights: bool = False) -> Path:
     assert result.exit_code == 0, result.output
     fill_journal(data / "journal.sqlite", data / "requests.jsonl", data / "responses.jsonl")
     write(
-        data / "chair.json",
+        run / "eval" / "chair.json",
         {
             "overall": chair_stats(0.125, 0.5, 0.625, 40),
             "by_task": {

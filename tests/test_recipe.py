@@ -56,10 +56,12 @@ def test_make_n_recipe_prints_the_whole_loop_in_order(tmp_path):
         "instructgen cc3m", "instructgen coco", "instructgen render", "instructgen run",
         "instructgen build", "instructgen train --stage 1 --dry-run",
         "instructgen train --stage 1", "instructgen train --stage 2 --dry-run",
-        "instructgen train --stage 2", "instructgen answer", "instructgen judge",
-        "instructgen report",
+        "instructgen train --stage 2", "instructgen answer", "instructgen chair",
+        "instructgen judge", "instructgen report",
     ]  # fmt: skip
     plan = done.stdout
+    # LLaVA-Bench's images get no context, so no training data is made from them
+    assert "--exclude-images examples/llava-bench-qa90/qa90_questions.jsonl" in plan
     assert f"--journal {tmp_path}/run/data/journal.sqlite" in plan  # generation resumes
     assert plan.count("--resume") == 2  # so does training, both stages
     assert "--dry-run" in plan.split("instructgen judge")[1]  # no key: the judge only estimates
@@ -82,6 +84,28 @@ def test_more_than_one_gpu_trains_under_accelerate_with_the_bundled_config(tmp_p
     assert "--gpus 8" in plan.split("--stage 1 --dry-run")[1].splitlines()[0] + plan
 
 
+def test_pope_is_built_from_held_out_annotations_and_its_images_kept_out_of_generation(tmp_path):
+    run = tmp_path / "run"
+    # Any COCO annotation pair stands for the held-out set (the paper's: val2014).
+    captions, instances = (
+        "tests/data/coco_captions_train2017_3.json",
+        ("tests/data/coco_instances_train2017_3.json"),
+    )
+    pope = [f"POPE_CAPTIONS={captions}", f"POPE_INSTANCES={instances}"]
+    plan = make("-n", "recipe", *recipe_args(run, *pope)).stdout
+    order = steps(plan)
+    built = order.index("instructgen pope")  # from its own contexts, before the training ones
+    assert order[built - 1] == "instructgen coco" and "instructgen coco" in order[built + 1 :]
+    held_out = f"instructgen coco --captions {captions} --instances {instances}"
+    assert f"{held_out} -o {run}/eval/pope/contexts.jsonl" in plan
+    files = " ".join(
+        f"{run}/eval/pope/pope_{s}.jsonl" for s in ("random", "popular", "adversarial")
+    )
+    assert f"--exclude-images examples/llava-bench-qa90/qa90_questions.jsonl {files}" in plan
+    assert f"instructgen pope score --questions {run}/eval/pope" in plan
+    assert f"--images /data/val2014 --model {run}/stage2" in plan  # POPE_IMAGES: EVAL_IMAGES
+
+
 def test_scienceqa_runs_only_when_scienceqa_points_at_the_data(tmp_path):
     without = make("-n", "recipe", *recipe_args(tmp_path / "a")).stdout
     assert "instructgen scienceqa" not in without
@@ -99,10 +123,10 @@ def test_make_n_demo_recipe_plans_an_offline_run_with_random_towers(tmp_path):
     done = make("-n", "demo-recipe", f"RUN={tmp_path}/demo", key="sk-ignored")
     assert done.returncode == 0, done.stderr
     order = steps(done.stdout)
-    assert order[:3] == [
-        "instructgen cc3m", "demo_recipe.py image-ids", "instructgen coco",
-    ]  # fmt: skip
-    for step in ("demo_recipe.py towers", "demo_recipe.py stage1-pairs", "instructgen answer"):
+    assert order[:2] == ["instructgen cc3m", "instructgen coco"]
+    assert "--captions examples/coco-train2017-16/captions_train2017.json" in done.stdout
+    for step in ("demo_recipe.py towers", "demo_recipe.py stage1-pairs", "instructgen answer",
+                 "instructgen pope", "instructgen chair"):  # fmt: skip
         assert step in order
     assert "--backend template" in done.stdout and "--journal" not in done.stdout
     assert "instructgen judge" in done.stdout and "--dry-run" in done.stdout.split("judge")[-1]
@@ -133,6 +157,6 @@ def test_demo_recipe_runs_then_does_nothing_and_a_touched_seed_reruns_generation
     assert rerun == [
         "instructgen render", "instructgen run", "instructgen build",
         "instructgen train --stage 2 --dry-run", "instructgen train --stage 2",
-        "demo_recipe.py questions", "instructgen answer", "instructgen judge",
-        "instructgen report",
+        "demo_recipe.py questions", "instructgen answer", "instructgen chair",
+        "instructgen judge", "instructgen answer", "instructgen pope", "instructgen report",
     ]  # fmt: skip

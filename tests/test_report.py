@@ -96,7 +96,7 @@ def test_every_number_on_the_page_matches_its_source_file(run, page):
         assert cell["text"] == expected, cell
     sources = {cell["data-src"] for cell in cells}
     assert sources >= {
-        "data/llava/stats.json", "data/chair.json", "data/requests.jsonl",
+        "data/llava/stats.json", "eval/chair.json", "data/requests.jsonl",
         "data/journal.sqlite", "stage1/train_log.jsonl", "stage1/plan.json",
         "stage2/train_log.jsonl", "stage2/plan.json", "eval/judge/summary.json",
         "eval/judge/requests.jsonl", "eval/pope/result.json", "eval/scienceqa/result.json",
@@ -113,7 +113,8 @@ def test_known_figures_appear_as_their_files_give_them(page):
     assert cells[("eval/pope/result.json", "splits/adversarial/yes_ratio")] == "51.9"
     assert cells[("eval/judge/summary.json", "detail/relative")] == "70.4"
     assert cells[("eval/scienceqa/result.json", "breakdown/Avg")] == "88.64"
-    assert cells[("data/chair.json", "by_task/detail/chair_s")] == "100.0%"
+    assert cells[("eval/chair.json", "by_task/detail/chair_s")] == "100.0%"
+    assert cells[("data/llava/stats.json", "chair/overall/records")] == "9"
     spent = "SELECT coalesce(sum(cost_usd), 0) FROM requests WHERE line IS NOT NULL"
     assert cells[("data/journal.sqlite", spent)].startswith("$")
     assert cells[("stage2/train_log.jsonl", "6/step")] == "7"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from instructgen.eval.pope import PUBLISHED as POPE_PUBLISHED
 from instructgen.files import atomic_writer
 from instructgen.report import plots
 from instructgen.report import sources as src
@@ -22,9 +23,6 @@ from instructgen.scienceqa.problems import PUBLISHED as SQA_PUBLISHED
 # Liu et al., "Visual Instruction Tuning" (NeurIPS 2023), Table 4: LLaVA-Bench (COCO),
 # relative score to text-only GPT-4, LLaVA trained on the full instruction data.
 LLAVA_BENCH_PUBLISHED = {"conv": 83.1, "detail": 75.3, "complex": 96.5, "all": 85.1}
-# Liu et al., "Improved Baselines with Visual Instruction Tuning" (2023): LLaVA-1.5-7B POPE F1,
-# the average of the three splits; shown when result.json carries no published figures.
-POPE_PUBLISHED_F1 = {"LLaVA-1.5-7B (published)": 85.9}
 POPE_SPLITS = ("random", "popular", "adversarial")
 POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 RANDOM_WEIGHTS_LABEL = "random weights: these figures come from a model with random weights"
@@ -150,17 +148,17 @@ def data_section(run: RunFolder) -> Section:
 
 
 def _chair(run: RunFolder, s: Section, stats: dict) -> None:
-    """CHAIR from the build's stats.json (key `chair`) or from `chair` run on the build."""
+    """CHAIR of the data: the build's stats.json (key `chair`), else `chair` run on the build."""
     if "chair" in stats:
-        rel, doc, base = src.STATS, stats, "chair/"
-    elif run.has(src.CHAIR):
-        rel, doc, base = src.CHAIR, run.json(src.CHAIR), ""
-        s.reads.append(src.CHAIR)
+        s.blocks.append(chair_table(stats, src.STATS, "chair/", "of the training data"))
+    elif s.need(run, src.CHAIR):
+        s.blocks.append(chair_table(run.json(src.CHAIR), src.CHAIR, "", "of the training data"))
     else:
-        s.reads.append(src.CHAIR)
-        s.missing.append(src.CHAIR)
-        s.notes.append("Hallucination (CHAIR): not measured for this run.")
-        return
+        s.notes.append("Hallucination (CHAIR) of the data: not measured for this run.")
+
+
+def chair_table(doc: dict, rel: str, base: str, what: str) -> Table:
+    """CHAIR_i, CHAIR_s and recall (percent) overall and per group of a chair.json figure set."""
     groups = ["overall"] + [f"by_task/{t}" for t in lookup(doc, f"{base}by_task")]
     rows = [
         [g.removeprefix("by_task/")]
@@ -174,14 +172,12 @@ def _chair(run: RunFolder, s: Section, stats: dict) -> None:
         ]
         for g in groups
     ]
-    s.blocks.append(
-        Table(
-            "Hallucination (CHAIR, Rohrbach et al. 2018)",
-            ["group", "CHAIR_i", "CHAIR_s", "recall", "mentions", "hallucinated", "records"],
-            rows,
-            "CHAIR_i: hallucinated / all object mentions; CHAIR_s: records with one or "
-            "more; recall: true objects mentioned / true objects.",
-        ),
+    return Table(
+        f"Hallucination (CHAIR, Rohrbach et al. 2018) {what}",
+        ["group", "CHAIR_i", "CHAIR_s", "recall", "mentions", "hallucinated", "records"],
+        rows,
+        "CHAIR_i: hallucinated / all object mentions; CHAIR_s: records with one or more; "
+        "recall: true objects mentioned / true objects. '-': no object mentioned.",
     )
 
 
@@ -348,10 +344,31 @@ def evaluation_section(run: RunFolder, label: str) -> Section:
     if label:
         s.notes.append(label)
     _answers(run, s)
+    if s.need(run, src.ANSWERS_CHAIR):
+        chair = run.json(src.ANSWERS_CHAIR)
+        s.blocks.append(chair_table(chair, src.ANSWERS_CHAIR, "", "of the model's answers"))
     _judge(run, s)
     _pope(run, s)
     _scienceqa(run, s)
     return s
+
+
+def _overlap(run: RunFolder, s: Section, questions_rel: str, what: str) -> None:
+    """Say how many of an evaluation's images the training data holds (any COCO spelling)."""
+    from instructgen.generate.exclude import image_key
+
+    if not (run.has(questions_rel) and run.has(src.INSTRUCT)):
+        return
+    asked = {image_key(q["image"]) for q in run.jsonl(questions_rel) if q.get("image")}
+    trained = {image_key(r["image"]) for r in run.json(src.INSTRUCT) if r.get("image")}
+    shared = len(asked & trained)
+    if src.INSTRUCT not in s.reads:
+        s.reads.append(src.INSTRUCT)
+    if shared:
+        s.notes.append(
+            f"{what}: {shared} of its {len(asked)} images are in the training data "
+            f"({src.INSTRUCT}): these figures are not on held-out images."
+        )
 
 
 def _answers(run: RunFolder, s: Section) -> None:
@@ -359,6 +376,7 @@ def _answers(run: RunFolder, s: Section) -> None:
     if not s.need(run, src.ANSWERS):
         return
     answers = run.jsonl(src.ANSWERS)
+    _overlap(run, s, src.QUESTIONS, "LLaVA-Bench-style questions")
     questions = {q["question_id"]: q for q in run.jsonl(src.QUESTIONS) or []}
     if questions:
         s.reads.append(src.QUESTIONS)
@@ -419,6 +437,7 @@ def _judge(run: RunFolder, s: Section) -> None:
 def _pope(run: RunFolder, s: Section) -> None:
     if not s.need(run, src.POPE_RESULT):
         return
+    _overlap(run, s, src.POPE_QUESTIONS, "POPE")
     result = run.json(src.POPE_RESULT)
     rel = src.POPE_RESULT
     rows: list[list[Cell]] = []
@@ -437,7 +456,7 @@ def _pope(run: RunFolder, s: Section) -> None:
             + [_json_number(result, rel, f"average/{m}", "{:.1f}", 100) for m in POPE_METRICS]
             + [Number(len(result.get("missing", [])), rel, "missing/length")]
         )
-    published = result.get("published") or POPE_PUBLISHED_F1
+    published = result.get("published") or POPE_PUBLISHED
     s.blocks.append(
         Table(
             "POPE (Li et al. 2023): yes/no object questions, percent",

@@ -17,7 +17,9 @@ from instructgen.errors import InputError
 from instructgen.files import iter_jsonl, read_json
 
 STATS = "data/llava/stats.json"
-CHAIR = "data/chair.json"
+INSTRUCT = "data/llava/llava_instruct.json"
+CHAIR = "data/llava/chair.json"  # a build's own; its figures are in stats.json too
+ANSWERS_CHAIR = "eval/chair.json"  # `chair` on the model's answers
 REQUESTS = "data/requests.jsonl"
 JOURNAL = "data/journal.sqlite"
 ANSWERS = "eval/answers.jsonl"
@@ -26,6 +28,7 @@ JUDGE_REQUESTS = "eval/judge/requests.jsonl"
 JUDGE_JOURNAL = "eval/judge/journal.sqlite"
 JUDGE_SUMMARY = "eval/judge/summary.json"
 POPE_RESULT = "eval/pope/result.json"
+POPE_QUESTIONS = "eval/pope/questions.jsonl"  # the three splits' questions, as answered
 SCIENCEQA_RESULT = "eval/scienceqa/result.json"
 STAGES = {1: "stage1", 2: "stage2"}
 TRAIN_LOG = "train_log.jsonl"
