@@ -484,3 +484,31 @@ def test_a_grouped_run_resumed_after_a_crash_sees_the_same_batches(pair, test_da
     a, b = curve(whole), curve(crashed)
     assert [r[:2] for r in a] == [r[:2] for r in b]
     assert [r[2] for r in a] == pytest.approx([r[2] for r in b], rel=1e-5)
+
+
+def test_a_llava_folder_not_trained_here_is_prompted_in_its_own_chat_template(chat_run, tmp_path):
+    import shutil
+
+    from instructgen.eval.generate import load_answerer, prompt_ids
+
+    folder = tmp_path / "hub-model"
+    shutil.copytree(chat_run[1], folder)
+    (folder / "instructgen_train.json").unlink()  # as a model from the Hub has it
+    own = load_answerer(folder, torch.float32, "cpu")
+    assert own.template == "chat"
+    assert prompt_ids(own, "Why?", has_image=True) == prompt_text_ids(chat_run[1], "Why?")
+    assert load_answerer(folder, torch.float32, "cpu", template="v1").template == "v1"
+
+
+def test_grouped_batches_sharded_over_two_devices_keep_every_batch_whole():
+    """accelerate deals the batches out to the devices; short ones must not be dropped or cut."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from instructgen.train.batches import LengthGroupedBatches
+
+    has_image = [i % 3 != 0 for i in range(30)]  # 20 image, 10 text: 5 + 3 batches of 4
+    sampler = LengthGroupedBatches(list(range(30)), has_image, 4, seed=0)
+    shards = [list(BatchSamplerShard(sampler, 2, rank)) for rank in (0, 1)]
+    assert [len(s) for s in shards] == [len(BatchSamplerShard(sampler, 2, 0))] * 2 == [4, 4]
+    dealt = [batch for pair in zip(*shards, strict=True) for batch in pair]
+    assert dealt == sampler.batches(0)

@@ -63,14 +63,14 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def build_chatml_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (600 tokens, trained on `texts`) with Qwen2's ChatML special
-    tokens and chat template; saved beside a Qwen2 config it loads as `Qwen2Tokenizer`."""
+def build_chatml_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (`vocab_size` tokens, trained on `texts`) with Qwen2's ChatML
+    special tokens and chat template; saved beside a Qwen2 config it loads as `Qwen2Tokenizer`."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=vocab_size,
         special_tokens=CHATML_SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,

@@ -33,14 +33,17 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
     epoch's order. The batch with the longest record comes first, so a run that does not fit
     in memory fails at its first step, not hours in."""
 
-    drop_last = False  # read by accelerate when it shards the batches over devices
+    # Read by accelerate when it shards the batches over devices: keep every batch, and a
+    # batch_size of None says that batches vary in size (each modality's last one is short).
+    drop_last = False
+    batch_size = None
 
     def __init__(
         self, lengths: Sequence[int], has_image: Sequence[bool], batch_size: int, seed: int
     ):
         self.lengths = list(lengths)
         self.has_image = list(has_image)
-        self.batch_size = batch_size
+        self.size = batch_size
         self.seed = seed
         self.epoch = 0
 
@@ -50,7 +53,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
     def __len__(self) -> int:
         images = sum(self.has_image)
         texts = len(self.has_image) - images
-        return math.ceil(images / self.batch_size) + math.ceil(texts / self.batch_size)
+        return math.ceil(images / self.size) + math.ceil(texts / self.size)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches(self.epoch))
@@ -62,11 +65,11 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
         for modality in (True, False):
             members = [i for i, image in enumerate(self.has_image) if image == modality]
             order = [members[k] for k in torch.randperm(len(members), generator=generator)]
-            window = WINDOW_BATCHES * self.batch_size
+            window = WINDOW_BATCHES * self.size
             for start in range(0, len(order), window):
                 chunk = sorted(order[start : start + window], key=lambda i: -self.lengths[i])
                 batches += [
-                    chunk[k : k + self.batch_size] for k in range(0, len(chunk), self.batch_size)
+                    chunk[k : k + self.size] for k in range(0, len(chunk), self.size)
                 ]
         batches = [batches[k] for k in torch.randperm(len(batches), generator=generator)]
         longest = max(
