@@ -14,7 +14,6 @@ SHARED_DATA_HINT = (
     "the full public samples (CC3M validation split, LLaVA's ScienceQA outputs) in "
     f"{SHARED_DATA}; tests/data/README.md says where each comes from"
 )
-TRAIN_EXTRA = "needs the [train] extra: make install-train"
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +32,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def towers(tmp_path_factory, test_data):
     """Tiny random CLIP and Llama towers saved as folders (trainer tests; needs torch)."""
-    pytest.importorskip("torch", reason=TRAIN_EXTRA)
+    pytest.importorskip("torch", reason="needs the [train] extra: make install-train")
     from train_tiny import build_towers
 
     root = tmp_path_factory.mktemp("towers")
