@@ -184,12 +184,16 @@ demo: install
 # --- evaluation ---------------------------------------------------------------------------
 # The GPT-judge relative score on the bundled LLaVA-Bench qa90 files; without OPENAI_API_KEY a
 # dry run (requests and the cost estimate). CANDIDATE: the answers of `instructgen answer`.
+# Its images overlap COCO train2017: the target prints the flag that keeps them out of data.
 CANDIDATE  ?= $(QA90)/qa90_gpt4_answer.jsonl
 JUDGE      ?= gpt-4o
 JUDGE_ARGS ?=
 EVAL_OUT   ?= eval-out
 
 eval: install
+	@echo "note: 27 of LLaVA-Bench's 30 images are in COCO train2017. Data generated from train2017"
+	@echo "      must leave them out: coco ... --exclude-images $(QA90)/qa90_questions.jsonl"
+	@echo "      (or: export DATA.json ... --exclude $(QA90)/qa90_questions.jsonl)"
 	$(IG) judge --questions $(QA90)/qa90_questions.jsonl \
 	  --contexts $(QA90)/caps_boxes_coco2014_val_80.jsonl \
 	  --reference $(QA90)/qa90_gpt4_answer.jsonl --candidate $(CANDIDATE) \

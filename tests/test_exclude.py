@@ -34,6 +34,8 @@ def test_the_three_spellings_of_a_coco_image_are_one_image():
 def test_a_non_coco_name_is_not_mistaken_for_a_coco_id():
     assert image_key("GCC_train_000000123.jpg") == "GCC_train_000000123.jpg"
     assert image_key("GCC_train_000000123.jpg") != image_key("123")
+    # ScienceQA names every image image.png: the folder tells them apart
+    assert image_key("train/1/image.png") != image_key("train/2/image.png")
 
 
 def test_question_pope_and_plain_list_files_name_the_same_image(tmp_path):

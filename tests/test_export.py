@@ -367,3 +367,17 @@ def test_cli_writes_llamafactory_files_and_reports_exclusions(test_data, tmp_pat
     assert f"excluded 3 records whose image is named in {ids}" in result.stderr
     assert len(check_like_llamafactory(out)) == 9
     assert set(json.loads((out / "dataset_info.json").read_text())) == {"train_instruct"}
+
+
+def test_nothing_left_to_export_is_an_error_not_an_unloadable_folder(test_data, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("183872\n70133\n30752\n419474\n")
+    before = {p.name for p in tmp_path.iterdir()}
+    with pytest.raises(InputError, match="nothing to export \\(all 12 were excluded\\)"):
+        export_hf(
+            test_data / "train_instruct.json",
+            test_data / "train_images",
+            tmp_path / "o",
+            exclusions=read_exclusions([ids]),
+        )
+    assert_nothing_written(tmp_path, tmp_path / "o", before)

@@ -63,6 +63,9 @@ class RecordWriter(Protocol):
 
     def finish(self, summary: ExportSummary) -> None: ...
 
+    def close(self) -> None:
+        """Release open files and threads; called after finish, or after a failure."""
+
 
 @dataclass
 class ExportSummary:
@@ -71,10 +74,11 @@ class ExportSummary:
     data: Path
     records: int = 0
     rows: Counter = field(default_factory=Counter)  # split -> rows written
-    tasks: Counter = field(default_factory=Counter)  # task (or "none") -> rows written
+    tasks: Counter = field(default_factory=Counter)  # task -> rows written
     image_modes: Counter = field(default_factory=Counter)
     excluded: dict[Path, int] = field(default_factory=dict)  # evaluation file -> records dropped
     images: int = 0  # rows with an image
+    coco_images: int = 0  # rows whose image is a COCO photograph (by its name)
     image_bytes: int = 0  # bytes of image files written or linked
     files: list[str] = field(default_factory=list)  # paths under OUT
 
@@ -260,6 +264,7 @@ def export(
         summary.excluded = dict.fromkeys(exclusions.named, 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    writer = None
     try:
         writer = make_writer(folder)
         for index, obj, read in iter_json_array(data):
@@ -276,19 +281,27 @@ def export(
                 split = image_split(key, val_fraction, seed)
                 writer.add(split, record, path)
                 summary.rows[split] += 1
-                summary.tasks[record.task or "none"] += 1
+                summary.tasks[record.task or "no task field"] += 1
                 if record.image_mode:
                     summary.image_modes[record.image_mode] += 1
                 if path is not None:
                     summary.images += 1
+                    summary.coco_images += key.startswith("coco:")
             if on_progress is not None:
                 on_progress(read, total)
+        if not summary.rows:
+            dropped = sum(summary.excluded.values())
+            why = f"all {dropped} were excluded" if dropped else "it holds no records"
+            raise InputError(f"{data}: nothing to export ({why})")
         writer.finish(summary)
+        writer.close()
         folder.chmod(0o777 & ~_umask())
         if out.exists():
             out.rmdir()  # empty, checked above
         os.rename(folder, out)
     except BaseException:
+        if writer is not None:
+            writer.close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return summary

@@ -32,8 +32,8 @@ COCO_LICENSE = (
     "the Flickr license listed for it in COCO's `licenses` (the Flickr terms of use apply)."
 )
 TEACHER_TERMS = (
-    "Generated text: written by the teacher model(s) named above; the provider's terms of use "
-    "apply to it (for OpenAI models, OpenAI's terms of use)."
+    "Text written by a teacher model (see above): its provider's terms of use apply to it (for "
+    "OpenAI models, OpenAI's terms of use)."
 )
 
 
@@ -219,7 +219,12 @@ def render_card(
         "## Licenses",
         "",
         f"- This dataset is marked `{license_id}`.",
-        f"- {COCO_LICENSE}",
+        *([f"- {COCO_LICENSE}"] if summary.coco_images else []),
+        *(
+            [f"- Other images ({summary.images - summary.coco_images} rows): their source's terms."]
+            if summary.images > summary.coco_images
+            else []
+        ),
         f"- {TEACHER_TERMS}",
         "",
     ]

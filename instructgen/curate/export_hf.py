@@ -63,11 +63,12 @@ class _SplitShards:
         self.arrow_bytes = 0  # in-memory Arrow size of all rows: the card's num_bytes
 
     def write(self, rows: list[dict], sizes: list[int]) -> None:
+        """Write rows (their sizes in bytes: image + text) as row groups, opening shards."""
         start = 0
         for n, size in enumerate(sizes):
-            if self.shard_bytes + size > self.max_bytes and (self.shard_bytes or n > start):
+            if self.shard_bytes and self.shard_bytes + size > self.max_bytes:
                 self._write_group(rows[start:n])
-                self._close()
+                self.close()
                 start = n
             self.shard_bytes += size
         self._write_group(rows[start:])
@@ -83,7 +84,8 @@ class _SplitShards:
         self.arrow_bytes += table.nbytes
         self.writer.write_table(table)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the open shard, if any; the next row starts a new one."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -91,11 +93,7 @@ class _SplitShards:
 
     def finish(self) -> list[str]:
         """Close the last shard; rename all to `<split>-0000k-of-0000N.parquet`."""
-        self._close()
-        if not self.paths:  # an empty train split still loads: one shard with no rows
-            path = self.folder / f"{self.split}-00000.parquet"
-            pq.write_table(FEATURES.arrow_schema.empty_table(), path)
-            self.paths.append(path)
+        self.close()
         names = []
         for k, path in enumerate(self.paths):
             name = f"{self.split}-{k:05d}-of-{len(self.paths):05d}.parquet"
@@ -150,13 +148,10 @@ class HfWriter:
         self.splits[split].write(rows, sizes)
 
     def finish(self, summary: ExportSummary) -> None:
-        try:
-            for split in self.splits:
-                self._flush(split)
-        finally:
-            self.pool.shutdown()
+        for split in self.splits:
+            self._flush(split)
         summary.image_bytes = self.image_bytes
-        written = [s for s in self.splits if summary.rows[s] or s == TRAIN]
+        written = [s for s in self.splits if summary.rows[s]]
         infos = SplitDict()
         for split in written:
             summary.files += self.splits[split].finish()
@@ -172,3 +167,8 @@ class HfWriter:
         )
         (self.folder / "README.md").write_text(card, encoding="utf-8")
         summary.files.append("README.md")
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        for shards in self.splits.values():
+            shards.close()

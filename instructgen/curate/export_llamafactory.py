@@ -68,7 +68,7 @@ class LlamaFactoryWriter:
     def add(self, split: str, record: ExportRecord, image_path: Path | None) -> None:
         f = self.files.get(split)
         if f is None:
-            f = self.files[split] = open(  # noqa: SIM115 (closed in finish)
+            f = self.files[split] = open(  # noqa: SIM115 (closed in close)
                 self.folder / f"{self.split_name(split)}.json", "w", encoding="utf-8"
             )
             f.write("[\n")
@@ -88,16 +88,11 @@ class LlamaFactoryWriter:
         self.image_bytes += target.stat().st_size
 
     def finish(self, summary: ExportSummary) -> None:
-        if TRAIN not in self.files:  # every record excluded: an empty list still loads
-            self.files[TRAIN] = open(  # noqa: SIM115
-                self.folder / f"{self.name}.json", "w", encoding="utf-8"
-            )
-            self.files[TRAIN].write("[")
         info = {}
         for split in (TRAIN, VALIDATION):
             if split in self.files:
                 self.files[split].write("\n]\n")
-                self.files[split].close()
+                self.files[split].flush()
                 info[self.split_name(split)] = dataset_info_entry(f"{self.split_name(split)}.json")
                 summary.files.append(f"{self.split_name(split)}.json")
         write_json(self.folder / "dataset_info.json", info, indent=2)
@@ -105,3 +100,7 @@ class LlamaFactoryWriter:
         summary.image_bytes = self.image_bytes
         if self.linked:
             summary.files.append(f"{IMAGES_DIR}/ ({len(self.linked)} images)")
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()

@@ -14,7 +14,7 @@ Accepted files:
 A COCO image has one key whatever its spelling: `COCO_val2014_000000441147.jpg`,
 `000000441147.jpg`, `000000441147` and `441147` all name image 441147 (COCO keeps one id per
 photograph across 2014 and 2017). Any other name (a CC3M or ScienceQA file) is kept as
-written, without its folder.
+written, folders included: ScienceQA names every image `<split>/<pid>/image.png`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ _IMAGE_FIELDS = ("image", "file_name", "image_id")
 
 
 def image_key(name: str | int) -> str:
-    """The key that every spelling of one image shares: `coco:441147`, or the bare file name."""
+    """The key that every spelling of one image shares: `coco:441147`, or the path as written."""
     if isinstance(name, int):
         return f"coco:{name}"
-    base = PurePosixPath(str(name).strip().replace("\\", "/")).name
-    stem = base.rsplit(".", 1)[0] if "." in base else base
+    path = PurePosixPath(str(name).strip().replace("\\", "/"))
+    stem = path.name.rsplit(".", 1)[0] if "." in path.name else path.name
     match = _COCO_STEM.fullmatch(stem)
-    return f"coco:{int(match.group(1))}" if match else base
+    return f"coco:{int(match.group(1))}" if match else str(path)
 
 
 def coco_id(key: str) -> int | None:
