@@ -295,3 +295,7 @@ def test_chair_over_15000_records_runs_in_seconds(tmp_path):
     elapsed = time.perf_counter() - start
     assert report.overall.records == 15_000
     assert elapsed < 30, f"{elapsed:.1f} s"
+
+
+def test_a_two_word_name_never_reaches_across_a_clause_mark():
+    assert named("The day was hot. Dog owners rested.") == [("dog", "dog")]
