@@ -41,6 +41,8 @@ IMAGE_IDS  ?=
 # the bundled CC3M rows (filtered; stage 1 trains on the images' COCO captions, since CC3M
 # images are not bundled), a few steps per stage, the judge as a dry run.
 DEMO_IMAGES ?= examples/coco-train2017-16/train2017
+# 2023: CLIP + Llama, `v1` in stage 2; 2026: SigLIP + Qwen2, `--template chat` in stage 2.
+DEMO_PAIR   ?= 2023
 ifneq ($(filter demo-recipe,$(MAKECMDGOALS)),)
 RUN          := $(or $(RUN),runs/demo)
 DEMO_TRAIN   := --max-steps 4 --batch-size 4 --micro-batch-size 2 --workers 0 --save-every 2 \
@@ -56,7 +58,7 @@ LLM          := $(RUN)/towers/llm
 STAGE1_DATA  := $(RUN)/demo/stage1_pairs.json
 STAGE1_IMAGES := $(DEMO_IMAGES)
 STAGE1_ARGS  := $(DEMO_TRAIN)
-STAGE2_ARGS  := $(DEMO_TRAIN)
+STAGE2_ARGS  := $(DEMO_TRAIN) $(if $(filter 2026,$(DEMO_PAIR)),--template chat)
 PLAN_ARGS    := --gpu-tflops 989 --mfu 0.4
 QUESTIONS    := $(RUN)/demo/questions.jsonl
 EVAL_IMAGES  := $(DEMO_IMAGES)
@@ -222,6 +224,7 @@ answer_SETTINGS = $(QUESTIONS) $(EVAL_IMAGES) $(ANSWER_ARGS)
 judge_SETTINGS  = $(JUDGE) $(REFERENCE) $(JUDGE_CONTEXTS) $(JUDGE_ARGS) \
                   $(if $(OPENAI_API_KEY),with-key,dry-run)
 scienceqa_SETTINGS = $(SCIENCEQA) $(ANSWER_ARGS)
+towers_SETTINGS = $(DEMO_PAIR)
 pope_SETTINGS   = $(POPE_CAPTIONS) $(POPE_INSTANCES) $(POPE_CONTEXTS) $(POPE_N) $(SEED)
 popeanswer_SETTINGS = $(POPE_IMAGES) $(POPE_ANSWER_ARGS)
 # `+`: written even under `make -n`, so that the plan shows only what really changed.
@@ -303,8 +306,9 @@ $(RUN)/report.html: $(RECIPE_FILES) | install
 
 # The demo's own inputs (see demo-recipe): tiny random towers, COCO captions as stage-1 pairs,
 # and questions on the bundled images with the build's answers as reference.
-$(RUN)/towers/random_weights.json: examples/demo_recipe.py | install
-	$(BIN)/python examples/demo_recipe.py towers $(@D)
+$(RUN)/towers/random_weights.json: examples/demo_recipe.py $(RUN)/settings/towers | install
+	@rm -rf $(@D)
+	$(BIN)/python examples/demo_recipe.py towers $(@D) --pair $(DEMO_PAIR)
 
 $(RUN)/demo/stage1_pairs.json: $(DATA)/contexts.jsonl | install
 	$(BIN)/python examples/demo_recipe.py stage1-pairs $< -o $@

@@ -1,14 +1,16 @@
 """The demo recipe's own inputs (`make demo-recipe`), each labelled for what it is.
 
-    python examples/demo_recipe.py towers OUT            tiny towers with RANDOM weights
+    python examples/demo_recipe.py towers OUT [--pair 2023|2026]   tiny towers, RANDOM weights
     python examples/demo_recipe.py stage1-pairs contexts.jsonl -o pairs.json
     python examples/demo_recipe.py questions llava_instruct.json -o questions.jsonl \
         --reference reference.jsonl
 
-- towers: a 2-layer CLIP vision tower (32x32 pixels, 8x8 patches: 16 image tokens) and a
-  2-layer Llama with a byte-level tokenizer, built from configs, nothing downloaded. Every text
-  tokenizes, so the towers do not depend on the data, and a new seed file does not rebuild
-  them. Their answers are noise: every figure made with them is labelled "random weights".
+- towers: 2023, a 2-layer CLIP vision tower (32x32 pixels, 8x8 patches: 16 image tokens) and a
+  2-layer Llama; 2026, a 2-layer SigLIP tower and a 2-layer Qwen2 whose tokenizer carries a
+  ChatML chat template (for `--template chat`). Built from configs, nothing downloaded; the
+  tokenizers are byte-level, so every text tokenizes, the towers do not depend on the data,
+  and a new seed file does not rebuild them. Their answers are noise: every figure made with
+  them is labelled "random weights".
 - stage1-pairs: stage 1 needs images, and CC3M's are not bundled (the demo filters the bundled
   CC3M rows all the same). So each bundled COCO image's first human caption becomes one
   brief-caption pair, as pretrain.json holds them; every record says `"source": "coco-caption
@@ -34,35 +36,48 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
 )
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
+CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# ChatML, the layout of Qwen2-Instruct's own template: a default system turn when none is given.
+CHATML = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 SEED = 0
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per byte (GPT-2's byte alphabet), no merges, plus <unk>, <s> and </s>."""
-    alphabet = SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet())
-    core = Tokenizer(models.BPE({s: i for i, s in enumerate(alphabet)}, [], unk_token="<unk>"))
+def byte_tokenizer(specials: list[str]) -> Tokenizer:
+    """One token per byte (GPT-2's byte alphabet), no merges, `specials` first."""
+    alphabet = specials + sorted(pre_tokenizers.ByteLevel.alphabet())
+    core = Tokenizer(models.BPE({s: i for i, s in enumerate(alphabet)}, [], unk_token=specials[0]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
+    return core
 
 
-def towers(out: Path) -> None:
-    """Save the tiny towers under `out` and `random_weights.json`, which labels every figure."""
-    torch.manual_seed(SEED)
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=32, patch_size=8,
-    )  # fmt: skip
+def clip_llama(out: Path) -> dict:
+    """The paper's pair in miniature: CLIP (16 image tokens) + Llama, `v1` template."""
+    vision = CLIPVisionConfig(**TINY, num_attention_heads=2, image_size=32, patch_size=8)
     CLIPVisionModel(vision).save_pretrained(out / "vision")
     CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     ).save_pretrained(out / "vision")
-    tokenizer = byte_tokenizer()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_tokenizer(SPECIALS),
+        unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+    )  # fmt: skip
     llm = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
@@ -71,15 +86,46 @@ def towers(out: Path) -> None:
     )  # fmt: skip
     LlamaForCausalLM(llm).save_pretrained(out / "llm")
     tokenizer.save_pretrained(out / "llm")
-    note = {
-        "random_weights": True,
-        "seed": SEED,
+    return {
         "vision": "CLIP ViT, 2 layers, hidden 32, 32x32 px, patch 8 (random weights)",
         "llm": "Llama, 2 layers, hidden 64, byte-level tokenizer (random weights)",
-        "why": "a demo of the loop: no figure made with these towers means anything",
     }
+
+
+def siglip_qwen2(out: Path) -> dict:
+    """Today's pair in miniature: SigLIP (16 image tokens) + Qwen2 with a ChatML template."""
+    vision = SiglipVisionConfig(**TINY, num_attention_heads=2, image_size=32, patch_size=8)
+    SiglipVisionModel(vision).save_pretrained(out / "vision")
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out / "vision")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=byte_tokenizer(CHATML_SPECIALS),
+        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=CHATML_SPECIALS[1:],
+    )  # fmt: skip
+    tokenizer.chat_template = CHATML
+    llm = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+        tie_word_embeddings=False, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    Qwen2ForCausalLM(llm).save_pretrained(out / "llm")
+    tokenizer.save_pretrained(out / "llm")
+    return {
+        "vision": "SigLIP ViT, 2 layers, hidden 32, 32x32 px, patch 8 (random weights)",
+        "llm": "Qwen2, 2 layers, hidden 64, byte-level tokenizer, ChatML template (random weights)",
+    }
+
+
+PAIRS = {"2023": clip_llama, "2026": siglip_qwen2}
+
+
+def towers(out: Path, pair: str) -> None:
+    """Save a tiny pair under `out` and `random_weights.json`, which labels every figure."""
+    torch.manual_seed(SEED)
+    note = {"random_weights": True, "seed": SEED, "pair": pair, **PAIRS[pair](out)}
+    note["why"] = "a demo of the loop: no figure made with these towers means anything"
     (out / "random_weights.json").write_text(json.dumps(note, indent=2) + "\n")
-    print(f"tiny towers with RANDOM weights -> {out}/vision, {out}/llm")
+    print(f"tiny {pair} towers with RANDOM weights -> {out}/vision, {out}/llm")
 
 
 def stage1_pairs(contexts: Path, out: Path, brief: Path, seed: int) -> None:
@@ -129,7 +175,9 @@ def questions(build: Path, out: Path, reference: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("towers").add_argument("out", type=Path)
+    built = sub.add_parser("towers")
+    built.add_argument("out", type=Path)
+    built.add_argument("--pair", choices=sorted(PAIRS), default="2023")
     pairs = sub.add_parser("stage1-pairs")
     pairs.add_argument("contexts", type=Path)
     pairs.add_argument("-o", "--output", type=Path, required=True)
@@ -141,7 +189,7 @@ def main() -> None:
     asked.add_argument("--reference", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "towers":
-        towers(args.out)
+        towers(args.out, args.pair)
     elif args.command == "stage1-pairs":
         stage1_pairs(args.contexts, args.output, args.brief, args.seed)
     else:

@@ -133,6 +133,16 @@ def test_make_n_demo_recipe_plans_an_offline_run_with_random_towers(tmp_path):
     assert "--max-steps 4" in done.stdout
 
 
+def test_the_2026_demo_pair_trains_stage_2_with_the_llm_chat_template(tmp_path):
+    plan = make("-n", "demo-recipe", f"RUN={tmp_path}/demo", "DEMO_PAIR=2026").stdout
+    plan = plan.replace("\\\n", " ")  # one line per command
+    assert f"demo_recipe.py towers {tmp_path}/demo/towers --pair 2026" in plan
+    stage2 = [line for line in plan.splitlines() if "train --stage 2" in line]
+    stage1 = [line for line in plan.splitlines() if "train --stage 1" in line]
+    assert stage2 and all("--template chat" in line for line in stage2)
+    assert stage1 and not any("--template chat" in line for line in stage1)
+
+
 @pytest.mark.train
 def test_demo_recipe_runs_then_does_nothing_and_a_touched_seed_reruns_generation_onward(
     tmp_path,
