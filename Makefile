@@ -72,14 +72,6 @@ POPE_ANSWER_ARGS := --max-new-tokens 4 --batch-size 32
 EXCLUDE      := $(QA90)/qa90_questions.jsonl
 OPENAI_API_KEY :=
 endif
-ifneq ($(filter recipe demo-recipe,$(MAKECMDGOALS)),)
-ifndef RUN
-$(error set RUN=runs/NAME: every file of the run goes there)
-endif
-ifeq ($(and $(VISION),$(LLM)),)
-$(error set VISION= and LLM= (folders or hub names) for the recipe)
-endif
-endif
 
 # Recipe settings (see `make recipe` below).
 VISION       ?=
@@ -109,6 +101,18 @@ POPE_IMAGES    ?= $(EVAL_IMAGES)
 POPE_N         ?= 500
 POPE_ANSWER_ARGS ?= $(ANSWER_ARGS)
 POPE_FILES = $(foreach s,random popular adversarial,$(RUN)/eval/pope/pope_$(s).jsonl)
+# What the recipe cannot guess: one line naming every setting still missing.
+ifneq ($(filter recipe demo-recipe,$(MAKECMDGOALS)),)
+ifndef RUN
+$(error set RUN=runs/NAME: every file of the run goes there)
+endif
+RECIPE_MISSING = $(foreach v,VISION LLM IMAGES STAGE1_IMAGES EVAL_IMAGES,$(if $($(v)),,$(v)=)) \
+        $(if $(CC3M)$(filter-out $(RUN)/cc3m/pretrain.json,$(STAGE1_DATA)),,CC3M=)
+ifneq ($(strip $(RECIPE_MISSING)),)
+$(error set $(strip $(RECIPE_MISSING)) for the recipe: towers (folders or hub names), COCO \
+        train images, CC3M captions and images (stage 1), the val2014 images LLaVA-Bench asks about)
+endif
+endif
 
 .PHONY: install install-train install-ray chromium test lint bench demo eval pipeline recipe \
         demo-recipe clean FORCE

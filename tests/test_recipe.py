@@ -116,7 +116,8 @@ def test_scienceqa_runs_only_when_scienceqa_points_at_the_data(tmp_path):
 
 def test_recipe_without_run_or_towers_says_what_to_set():
     assert "set RUN=runs/NAME" in make("-n", "recipe").stderr
-    assert "set VISION= and LLM=" in make("-n", "recipe", "RUN=runs/x").stderr
+    missing = make("-n", "recipe", "RUN=runs/x", "VISION=v", "IMAGES=i").stderr
+    assert "set LLM= STAGE1_IMAGES= EVAL_IMAGES= CC3M= for the recipe" in missing
 
 
 def test_make_n_demo_recipe_plans_an_offline_run_with_random_towers(tmp_path):
