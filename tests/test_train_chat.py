@@ -32,6 +32,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from instructgen.cli import app  # noqa: E402
 from instructgen.contracts import IMAGE_TOKEN  # noqa: E402
+from instructgen.errors import InputError  # noqa: E402
 from instructgen.train.data import (  # noqa: E402
     IGNORE,
     TrainRecord,
@@ -512,3 +513,25 @@ def test_grouped_batches_sharded_over_two_devices_keep_every_batch_whole():
     assert [len(s) for s in shards] == [len(BatchSamplerShard(sampler, 2, 0))] * 2 == [4, 4]
     dealt = [batch for pair in zip(*shards, strict=True) for batch in pair]
     assert dealt == sampler.batches(0)
+
+
+def test_a_template_that_refuses_the_system_message_names_the_record(chatml):
+    refusing = build_chatml_tokenizer(["Why? Because."])
+    refusing.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}" + chatml.chat_template
+    )
+    record = TrainRecord("r9", (), (Turn("human", "Why?"), Turn("gpt", "Because.")))
+    with pytest.raises(InputError, match=r"record id r9: the chat template refuses .* System role"):
+        template_pieces(record, "chat", refusing, system="Be brief.")
+    assert template_pieces(record, "chat", refusing)  # without --system it renders
+
+
+def test_system_is_refused_outside_the_chat_template(pair, test_data, tmp_path):
+    from instructgen.train.loop import RECIPES, trained_with
+
+    vision, llm = map(str, pair)
+    cfg = TrainConfig(stage=2, data=test_data / "train_instruct.json", images=test_data,
+                      output=tmp_path, vision=vision, llm=llm, system="Be brief.")  # fmt: skip
+    with pytest.raises(InputError, match="--system is the system message of --template chat"):
+        trained_with(cfg, RECIPES[2])

@@ -341,3 +341,26 @@ def test_checkpoint_rotation_leaves_a_users_copy_of_a_checkpoint_alone(
     train(run_config(towers, test_data, out, max_steps=3), echo=lambda _: None)
     assert [p.name for p in out.glob("checkpoint-*[0-9]")] == ["checkpoint-2"]
     assert (out / "checkpoint-1.bak" / "trained.safetensors").is_file()
+
+
+def test_v1_export_processor_lays_the_prompt_out_as_training_did(stage2, test_data):
+    """The exported LlavaProcessor of a CLIP + v1 model: our v1 layout as its chat template,
+    16 image tokens (17 CLIP tokens, CLS dropped), the ids `answer` prompts with."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from instructgen.eval.generate import load_answerer, prompt_ids
+    from instructgen.train.data import V1_SYSTEM
+
+    processor = AutoProcessor.from_pretrained(stage2)
+    messages = [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "What does the picture show?"}]}]  # fmt: skip
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == f"{V1_SYSTEM} USER: <image>\nWhat does the picture show? ASSISTANT:"
+    image = Image.open(test_data / "train_images" / "000000183872.jpg")
+    ids = processor(images=image, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
+    answerer = load_answerer(stage2, torch.float32, "cpu")
+    ours = prompt_ids(answerer, "What does the picture show?", has_image=True)
+    # the test tokenizer has no post-processor: a real Llama tokenizer adds the bos we add
+    assert [processor.tokenizer.bos_token_id, *ids] == ours
+    assert ids.count(processor.tokenizer.convert_tokens_to_ids("<image>")) == 16

@@ -44,8 +44,9 @@ def train(
     vision: str = typer.Option(
         None,
         "--vision",
-        help="CLIP vision tower: local folder or hub name, e.g. openai/clip-vit-large-patch14. "
-        "Stage 2 defaults to the one stage 1 used.",
+        help="Vision tower, CLIP or SigLIP (told apart by its config.json model_type): local "
+        "folder or hub name, e.g. openai/clip-vit-large-patch14-336 or "
+        "google/siglip-so400m-patch14-384. Stage 2 defaults to the one stage 1 used.",
     ),
     llm: str = typer.Option(
         None,
@@ -236,7 +237,7 @@ def _show_samples(cfg, count: int) -> None:
 
     samples = trained_samples(cfg, count)
     for sample in samples:
-        console.rule(f"record {sample.id}", style="dim")
+        console.rule(Text(f"record {sample.id}"), style="dim")  # an id is not markup
         text = Text()
         for segment in sample.segments:
             text.append(segment.text, style="bold black on green" if segment.trained else "dim")

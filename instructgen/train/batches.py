@@ -68,9 +68,7 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
             window = WINDOW_BATCHES * self.size
             for start in range(0, len(order), window):
                 chunk = sorted(order[start : start + window], key=lambda i: -self.lengths[i])
-                batches += [
-                    chunk[k : k + self.size] for k in range(0, len(chunk), self.size)
-                ]
+                batches += [chunk[k : k + self.size] for k in range(0, len(chunk), self.size)]
         batches = [batches[k] for k in torch.randperm(len(batches), generator=generator)]
         longest = max(
             range(len(batches)), key=lambda b: max(self.lengths[i] for i in batches[b]), default=0

@@ -172,13 +172,20 @@ def chat_pieces(record: TrainRecord, tokenizer, system: str | None) -> list[Piec
     the same whatever comes after them, as chat templates do.
     """
     messages = [{"role": "system", "content": system}] if system else []
+
+    def render(add_generation_prompt: bool) -> str:
+        try:
+            return render_chat(tokenizer, messages, add_generation_prompt)
+        except InputError as e:
+            raise InputError(f"record id {record.id}: {e}") from None
+
     pieces: list[Piece] = []
     rendered = ""
     for question, answer in zip(record.turns[::2], record.turns[1::2], strict=True):
         messages.append({"role": "user", "content": question.text})
-        prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
+        prompt = render(add_generation_prompt=True)
         messages.append({"role": "assistant", "content": answer.text})
-        whole = render_chat(tokenizer, messages, add_generation_prompt=False)
+        whole = render(add_generation_prompt=False)
         if not prompt.startswith(rendered) or not whole.startswith(prompt):
             raise InputError(
                 f"record id {record.id}: the chat template renders earlier turns differently "
@@ -222,11 +229,19 @@ def render_chat(
     """The tokenizer's chat template applied to `messages` (string contents with `<image>`
     where the image goes), as text; `typed` passes contents as parts (`{"type": "image"}`,
     `{"type": "text", "text"}`), as multimodal templates (an exported model's) expect them."""
+    from jinja2 import TemplateError
+
     if typed:
         messages = [{**m, "content": content_parts(m["content"])} for m in messages]
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError as e:  # the template's own refusal, e.g. "no system role"
+        raise InputError(
+            f"the chat template refuses this conversation: {e}; drop --system if the "
+            "template has no system role, or use --template v1"
+        ) from None
 
 
 def content_parts(text: str) -> list[dict]:

@@ -192,10 +192,9 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         pad_to_square=cfg.pad_to_square,
         system=meta.system,
     )
-    group = group_by_length(cfg)
     grouped = None
     batching: dict = {"batch_size": cfg.micro_batch, "shuffle": True}
-    if group:
+    if group_by_length(cfg):
         grouped = LengthGroupedBatches(
             [record_length(r, per_image) for r in records],
             [bool(r.images) for r in records],
@@ -213,8 +212,10 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         # one that dropout uses, so a resumed run's dropout masks are the uninterrupted run's.
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    batches = len(grouped) if grouped is not None else math.ceil(len(dataset) / cfg.micro_batch)
-    batches_per_epoch = math.ceil(batches / processes)
+    epoch_batches = (
+        len(grouped) if grouped is not None else math.ceil(len(dataset) / cfg.micro_batch)
+    )
+    batches_per_epoch = math.ceil(epoch_batches / processes)
     total_steps = optimizer_steps(batches_per_epoch, accum, epochs, cfg.max_steps)
     # The fused kernel updates in place: the default multi-tensor one holds a temporary as
     # large as the trained weights, 27 GB for a fully trained 7B LLM.
@@ -241,7 +242,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         "steps": total_steps,
         "lr": lr,
         "warmup_ratio": cfg.warmup_ratio,
-        "group_by_length": group,
+        "group_by_length": grouped is not None,
     }
     if checkpoint:
         _check_same_towers(checkpoint, meta)
@@ -259,7 +260,7 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] = print) -> TrainResult:
         f"sequences ({cfg.micro_batch} x {processes} device(s) x {accum} accumulation), "
         f"lr {lr:g}, {n_trainable:,} trainable parameters, precision {precision}, "
         f"template {meta.template}, {meta.vision_family} tower"
-        + (", length-grouped batches" if group else "")
+        + (", length-grouped batches" if grouped is not None else "")
     )
 
     started = window_start = time.perf_counter()
