@@ -83,7 +83,8 @@ def main() -> None:
         start = time.perf_counter()
         truths = read_truths(contexts)
         report = chair_of_llava(data, truths)
-        (Path(tmp) / "chair.json").write_text(json.dumps(report.to_json(str(data))))
+        with open(Path(tmp) / "chair.json", "w", encoding="utf-8") as f:
+            report.write(f, str(data))
         ours = time.perf_counter() - start
         start = time.perf_counter()
         naive = naive_chair(data, contexts)

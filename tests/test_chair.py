@@ -299,3 +299,14 @@ def test_chair_over_15000_records_runs_in_seconds(tmp_path):
 
 def test_a_two_word_name_never_reaches_across_a_clause_mark():
     assert named("The day was hot. Dog owners rested.") == [("dog", "dog")]
+
+
+def test_the_quick_path_finds_the_same_mentions_as_find_mentions():
+    """score_record counts names without spans first; on real answers it must agree."""
+    truth = frozenset({"person"})
+    for line in (QA90 / "qa90_gpt4_answer.jsonl").read_text().splitlines():
+        text = json.loads(line)["text"]
+        record = score_record("1", "x.jpg", "detail", [(1, text)], truth)
+        assert record.mentioned == tuple((m.word, m.category) for m in find_mentions(text))
+        absent = [(m.word, m.category) for m in find_mentions(text) if m.category not in truth]
+        assert record.hallucinated == tuple(absent)

@@ -107,3 +107,35 @@ def test_the_marked_word_shows_in_chromium(sources, tmp_path):
         assert page.locator("section.chair tbody tr").count() == 4  # all + 3 tasks
         browser.close()
     assert (tmp_path / "review-chair.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_review_reads_the_chair_json_beside_the_records(sources, tmp_path):
+    """As `build` leaves them: chair.json in the records' folder, no --chair needed."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from review_support import free_port
+
+    port = free_port()
+    command = [
+        sys.executable, "-m", "instructgen.cli", "review", str(sources.records),
+        "--contexts", str(sources.contexts), "--db", str(tmp_path / "review.sqlite"),
+        "--port", str(port),
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"CHAIR marks from {tmp_path / 'chair.json'}" in server.stderr.readline()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/records/{RECORD}", timeout=2)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the page never answered"
+                time.sleep(0.1)
+        assert '<mark class="hallucinated"' in page.text
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -43,7 +43,7 @@ def chair(
     hallucinated and mentioned objects as [word, category].
     """
     from instructgen.curate.chair import ChairReport, chair_of_llava, read_truths, score_answers
-    from instructgen.files import write_json
+    from instructgen.files import atomic_writer
 
     with console.status("scoring CHAIR"):
         truths = read_truths(contexts)
@@ -58,13 +58,13 @@ def chair(
             if data.is_file() and data.suffix == ".jsonl":
                 raise InputError(f"{data}: an answers file needs --questions (to find each image)")
             report = chair_of_llava(data, truths, skip_negated)
-        result = report.to_json(str(data))
-        write_json(output, result, indent=1)
-    Console().print(chair_table({"overall": result["overall"], **result["by_task"]}))
-    console.print(f"[green]wrote[/green] {output}: {result['overall']['records']:,} records")
-    for reason, skipped in result["skipped"].items():
-        shown = ", ".join(skipped["ids"][:5])
-        console.print(f"[yellow]skipped {skipped['count']:,} ({reason})[/yellow]: {shown}")
+        with atomic_writer(output) as f:
+            report.write(f, str(data))
+    figures = report.figures()
+    Console().print(chair_table({"overall": figures["overall"], **figures["by_task"]}))
+    console.print(f"[green]wrote[/green] {output}: {figures['overall']['records']:,} records")
+    for reason, ids in report.skipped.items():
+        console.print(f"[yellow]skipped {len(ids):,} ({reason})[/yellow]: {', '.join(ids[:5])}")
 
 
 pope_app = typer.Typer(

@@ -85,6 +85,7 @@ def review_serve(
             if report.orphan_decisions
             else ""
         )
+        + (f"; CHAIR marks from {chair}" if chair else "")
     )
     url_host = f"[{host}]" if ":" in host else host
     console.print(f"[bold]open http://{url_host}:{port}/[/bold]  (Ctrl+C to stop)")

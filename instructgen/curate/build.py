@@ -432,9 +432,7 @@ def build(
         invariant = _check_invariant(stats, len(requests.by_id), unknown, duplicates)
         _write_merged(merged, task_files, index, seed)
         result = _stats_json(stats, invariant, seed, responses_path, requests_path, contexts_path)
-        # dumps, not dump: only dumps runs the C encoder over the whole object
-        chair_file.write(json.dumps(stats.chair.to_json(str(out_dir)), ensure_ascii=False))
-        chair_file.write("\n")
+        stats.chair.write(chair_file, str(out_dir))
         json.dump(result, stats_file, ensure_ascii=False, indent=2)
         stats_file.write("\n")
         # Flushed and synced here, so that a full disk fails before the first rename.

@@ -17,12 +17,13 @@ NEGATION_WINDOW words before it, in the same clause (a clause ends at . ! ? ; : 
 
 from __future__ import annotations
 
+import json
 import re
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from instructgen.contracts import TASKS, split_custom_id
 from instructgen.curate.category_words import WORD_TO_CATEGORY
@@ -189,7 +190,6 @@ _NAME = re.compile(r"\b" + _trie_pattern(" ".join(n) for n in VOCABULARY) + r"\b
 _WORD = re.compile(r"([a-z]+)(?:['’]([a-z]+))?")
 _CLAUSE_END = re.compile(r"[.!?;:,]")
 _LOOK_BACK = 200  # characters before a mention searched for its negation window
-_CUE_PARTS = ("no", "never", "neither", "without", "'t", "’t")
 _CUE = re.compile(r"\b" + _trie_pattern(_NEGATIONS) + r"\b|n['’]t\b")
 
 
@@ -223,8 +223,15 @@ def find_mentions(text: str) -> list[Mention]:
         if category is None:
             continue
         start = m.start()
-        if cues is None:  # the regex only where a cue may be (every cue contains one of these)
-            maybe = any(part in letters for part in _CUE_PARTS)
+        if cues is None:  # the regex only where a cue may be: every cue contains one of these
+            maybe = (
+                "no" in letters
+                or "n't" in letters
+                or "without" in letters
+                or "never" in letters
+                or "neither" in letters
+                or "n’t" in letters
+            )
             cues = [c.start() for c in _CUE.finditer(letters)] if maybe else []
         negated = False
         if cues:  # only a mention shortly after a cue needs its window read
@@ -232,6 +239,23 @@ def find_mentions(text: str) -> list[Mention]:
             negated = k > 0 and start - cues[k - 1] <= _LOOK_BACK and _negated(text, start)
         mentions.append(Mention(name, category, start, m.end(), negated))
     return mentions
+
+
+def _names_in(text: str) -> list[tuple[str, str]]:
+    """(word, category) of every mention in `text`, as find_mentions has them, without spans
+    or negation (cheaper: no match objects)."""
+    letters = text.translate(_LETTERS)
+    if not letters.isascii():
+        letters = _NON_ASCII.sub(" ", letters)
+    found = []
+    for name in _NAME.findall(letters):
+        category = _CATEGORY_OF.get(name, _UNKNOWN)
+        if category is _UNKNOWN:  # words apart by more than one space
+            name = " ".join(name.split())
+            category = _CATEGORY_OF[name]
+        if category is not None:
+            found.append((name, category))
+    return found
 
 
 def ground_truth(captions: Iterable[str], box_categories: Iterable[str]) -> frozenset[str]:
@@ -285,6 +309,12 @@ def score_record(
     """CHAIR of the texts (turn index, text) of one record against its image's `truth`."""
     mentioned, hallucinated, spans, negated = [], [], [], []
     for turn, text in texts:
+        if not skip_negated:  # the common case, quicker: names first, spans only if needed
+            found = _names_in(text)
+            mentioned += found
+            if all(category in truth for _, category in found):
+                continue
+            mentioned[len(mentioned) - len(found) :] = []
         for m in find_mentions(text):
             if skip_negated and m.negated:
                 negated.append((m.word, m.category))
@@ -386,13 +416,14 @@ class ChairReport:
     skip_negated: bool = False
     overall: ChairTally = field(default_factory=ChairTally)
     by_task: dict[str, ChairTally] = field(default_factory=dict)
-    records: list[ChairRecord] = field(default_factory=list)
+    # each record's chair.json object, serialized at once: a build holds 158K of them
+    records: list[str] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> record ids
 
     def add(self, record: ChairRecord) -> None:
         self.overall.add(record)
         self.by_task.setdefault(record.task, ChairTally()).add(record)
-        self.records.append(record)
+        self.records.append(json.dumps(record.to_json(), ensure_ascii=False))
 
     def skip(self, reason: str, record_id: str) -> None:
         self.skipped.setdefault(reason, []).append(record_id)
@@ -407,16 +438,22 @@ class ChairReport:
             "by_task": {t: self.by_task[t].figures() for t in ordered},
         }
 
-    def to_json(self, source: str = "") -> dict:
-        """chair.json: overall, by_task, records; plus the options and the skipped records."""
-        return self.figures() | {
-            "records": [r.to_json() for r in self.records],
+    def write(self, out: IO[str], source: str = "") -> None:
+        """chair.json into `out`: overall, by_task, records; then the options and the skipped
+        records. One line per record."""
+        head = json.dumps(self.figures(), ensure_ascii=False)
+        out.write(head[:-1] + ',\n"records": [')
+        for n, record in enumerate(self.records):
+            out.write(",\n" if n else "\n")
+            out.write(record)
+        tail = {
             "skip_negated": self.skip_negated,
             "source": source,
             "skipped": {
                 reason: {"count": len(ids), "ids": ids} for reason, ids in self.skipped.items()
             },
         }
+        out.write("\n],\n" + json.dumps(tail, ensure_ascii=False)[1:] + "\n")
 
 
 @dataclass(frozen=True, slots=True)
