@@ -174,3 +174,14 @@ def test_a_missing_run_folder_is_one_red_line(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert result.exit_code != 0
     assert "no such run folder" in str(result.exception or result.output)
+
+
+def test_a_malformed_file_is_one_red_line_naming_it(tmp_path, test_data):
+    run = make_run(test_data, tmp_path / "run")
+    (run / "eval/pope/result.json").write_text('{"splits": ')
+    from instructgen.errors import InputError
+
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert isinstance(result.exception, InputError)
+    assert "eval/pope/result.json:1" in str(result.exception)
+    assert not (run / "report.html").exists()  # nothing half-written

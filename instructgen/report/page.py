@@ -72,7 +72,7 @@ class Section:
 
     anchor: str
     title: str
-    reads: list[str]
+    reads: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     blocks: list[Table | Plot] = field(default_factory=list)
@@ -100,11 +100,14 @@ def _json_number(doc: dict, rel: str, key: str, fmt: str = "{:,}", scale: float 
 
 
 def data_section(run: RunFolder) -> Section:
-    s = Section("data", "Data", [])
+    s = Section("data", "Data")
     if not s.need(run, src.STATS):
         return s
     stats = run.json(src.STATS)
-    num = lambda key, fmt="{:,}": _json_number(stats, src.STATS, key, fmt)  # noqa: E731
+
+    def num(key: str, fmt: str = "{:,}") -> Number:
+        return _json_number(stats, src.STATS, key, fmt)
+
     per_task = stats.get("quarantined_per_task", {})
 
     def quarantined(task: str) -> Cell:
@@ -214,7 +217,7 @@ def _spent_rows(run: RunFolder, rel: str, what: str) -> list[list[Cell]]:
 
 
 def cost_section(run: RunFolder) -> Section:
-    s = Section("cost", "Cost", [])
+    s = Section("cost", "Cost")
     estimated, spent = [], []
     for requests, journal, what in (
         (src.REQUESTS, src.JOURNAL, "generation"),
@@ -284,7 +287,7 @@ PLAN_ROWS = (
 
 
 def training_section(run: RunFolder, label: str) -> Section:
-    s = Section("training", "Training", [])
+    s = Section("training", "Training")
     for stage, folder in src.STAGES.items():
         log_rel, plan_rel, meta_rel = (
             f"{folder}/{src.TRAIN_LOG}",
@@ -340,7 +343,7 @@ def _last_step(stage: int, log: list[dict], rel: str, label: str) -> Table:
 
 
 def evaluation_section(run: RunFolder, label: str) -> Section:
-    s = Section("evaluation", "Evaluation", [])
+    s = Section("evaluation", "Evaluation")
     if label:
         s.notes.append(label)
     _answers(run, s)
@@ -490,7 +493,7 @@ def _scienceqa(run: RunFolder, s: Section) -> None:
 
 
 def settings_section(run: RunFolder) -> Section:
-    s = Section("settings", "Settings", [])
+    s = Section("settings", "Settings")
     rows: list[list[Cell]] = []
     if s.need(run, src.REQUESTS):
         requests = run.jsonl(src.REQUESTS)
@@ -505,7 +508,7 @@ def settings_section(run: RunFolder) -> Section:
         rel = f"{folder}/{src.TRAINED_WITH}"
         if s.need(run, rel):
             meta = run.json(rel)
-            rows.append([f"stage {stage} towers", f"{meta['vision']} + {meta['llm']}"])
+            rows.append([f"stage {stage} towers", f"{meta.get('vision')} + {meta.get('llm')}"])
     if run.has(src.RANDOM_WEIGHTS):
         s.reads.append(src.RANDOM_WEIGHTS)
         rows.append(

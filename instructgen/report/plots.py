@@ -28,11 +28,11 @@ def _svg(fig) -> str:
 def training_curves(stage: str, log: list[dict], label: str) -> str:
     """Loss and learning rate against the optimizer step of one stage's train_log.jsonl."""
     plt = _pyplot()
-    steps = [row["step"] for row in log]
     fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(9, 3))
-    loss_ax.plot(steps, [row["loss"] for row in log], marker="o", markersize=3, color="C0")
+    for ax, field, color in ((loss_ax, "loss", "C0"), (lr_ax, "lr", "C1")):
+        points = [(row["step"], row[field]) for row in log if "step" in row and field in row]
+        ax.plot(*zip(*points, strict=True), marker="o", markersize=3, color=color)
     loss_ax.set(xlabel="optimizer step", ylabel="training loss", title=f"{stage}: loss")
-    lr_ax.plot(steps, [row["lr"] for row in log], marker="o", markersize=3, color="C1")
     lr_ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"{stage}: learning rate")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for ax in (loss_ax, lr_ax):
