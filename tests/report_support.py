@@ -150,6 +150,13 @@ def make_run(test_data: Path, run: Path, random_weights: bool = False) -> Path:
         write_lines(folder / "train_log.jsonl", train_log(2e-3 if stage == 1 else 2e-5, steps, 6.0))
         write(folder / "plan.json", plan(stage, records, steps))
         write(folder / "instructgen_train.json", trained_with(stage))
+        schedule = {
+            "records": records, "seed": 0, "global_batch": 128 if stage == 1 else 32,
+            "micro_batch": 16, "devices": 8, "steps": steps, "lr": 2e-3, "warmup_ratio": 0.03,
+        }  # fmt: skip
+        for step in (2, 4):  # the newest is the one that counts
+            state = {"step": step, "epoch": 0, "batches_in_epoch": step, "schedule": schedule}
+            write(folder / f"checkpoint-{step}" / "trainer_state.json", state)
     judge = run / "eval" / "judge"
     judge.mkdir(parents=True)
     shutil.copy(test_data / "build_requests.jsonl", judge / "requests.jsonl")

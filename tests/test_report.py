@@ -118,6 +118,8 @@ def test_known_figures_appear_as_their_files_give_them(page):
     spent = "SELECT coalesce(sum(cost_usd), 0) FROM requests WHERE line IS NOT NULL"
     assert cells[("data/journal.sqlite", spent)].startswith("$")
     assert cells[("stage2/train_log.jsonl", "6/step")] == "7"
+    assert cells[("stage2/checkpoint-4/trainer_state.json", "schedule/records")] == "158,000"
+    assert ("stage2/checkpoint-2/trainer_state.json", "schedule/records") not in cells
 
 
 def test_every_section_shows_for_a_complete_run(page):

@@ -268,21 +268,22 @@ def cost_section(run: RunFolder) -> Section:
     return s
 
 
+# (row name, key in plan.json, key in a checkpoint's trainer_state.json or None, format)
 PLAN_ROWS = (
-    ("records", "records", "{:,}"),
-    ("epochs", "epochs", "{:g}"),
-    ("optimizer steps", "steps", "{:,}"),
-    ("global batch", "global_batch", "{:,}"),
-    ("micro batch", "micro_batch", "{:,}"),
-    ("GPUs", "gpus", "{:,}"),
-    ("precision", "precision", "{}"),
-    ("max length", "max_length", "{:,}"),
-    ("mean tokens per sequence", "mean_tokens", "{:,.1f}"),
-    ("image tokens per sample", "image_tokens_per_sample", "{:g}"),
-    ("trainable parameters", "params/trainable", "{:,}"),
-    ("total parameters", "params/total", "{:,}"),
-    ("memory per GPU, ZeRO-0 (GiB)", "memory_gb/zero0/total", "{:,.2f}"),
-    ("hours (with --gpu-tflops, --mfu)", "hours", "{:,.3g}"),
+    ("records", "records", "schedule/records", "{:,}"),
+    ("epochs", "epochs", None, "{:g}"),
+    ("optimizer steps", "steps", "schedule/steps", "{:,}"),
+    ("global batch", "global_batch", "schedule/global_batch", "{:,}"),
+    ("micro batch", "micro_batch", "schedule/micro_batch", "{:,}"),
+    ("GPUs", "gpus", "schedule/devices", "{:,}"),
+    ("precision", "precision", None, "{}"),
+    ("max length", "max_length", None, "{:,}"),
+    ("mean tokens per sequence", "mean_tokens", None, "{:,.1f}"),
+    ("image tokens per sample", "image_tokens_per_sample", None, "{:g}"),
+    ("trainable parameters", "params/trainable", None, "{:,}"),
+    ("total parameters", "params/total", None, "{:,}"),
+    ("memory per GPU, ZeRO-0 (GiB)", "memory_gb/zero0/total", None, "{:,.2f}"),
+    ("hours (with --gpu-tflops, --mfu)", "hours", None, "{:,.3g}"),
 )
 
 
@@ -300,26 +301,42 @@ def training_section(run: RunFolder, label: str) -> Section:
             s.blocks.append(_last_step(stage, log, log_rel, label))
             s.blocks.append(Plot(plots.training_curves(f"stage {stage}", log, label)))
         if has_plan or has_meta:
-            plan = run.json(plan_rel) if has_plan else {}
-            meta = run.json(meta_rel) if has_meta else {}
-            rows: list[list[Cell]] = []
-            for name, key, fmt in PLAN_ROWS:
-                planned = _json_number(plan, plan_rel, key, fmt) if has_plan else "-"
-                used: Cell = "-"
-                if key == "steps" and log:
-                    used = Number(log[-1]["step"], log_rel, f"{len(log) - 1}/step")
-                rows.append([name, planned, used])
-            for name in ("vision", "llm", "template", "projector", "feature_layer"):
-                rows.append([name, str(plan.get(name, "-")), str(meta.get(name, "-"))])
+            state_rel = run.newest_checkpoint_state(folder)
+            if state_rel:
+                s.reads.append(state_rel)
             s.blocks.append(
-                Table(
-                    f"Stage {stage}: the plan (`train --dry-run`) beside what was used",
-                    ["", f"planned ({plan_rel})", f"used ({meta_rel}, {log_rel})"],
-                    rows,
-                    "The plan is for the GPUs it names; a run on CPU uses fp32.",
-                ),
+                _plan_beside_used(stage, run, plan_rel, meta_rel, state_rel, log, log_rel)
             )
     return s
+
+
+def _plan_beside_used(
+    stage: int, run: RunFolder, plan_rel: str, meta_rel: str, state_rel: str | None,
+    log: list[dict], log_rel: str,
+) -> Table:  # fmt: skip
+    """plan.json's figures beside the run's: its checkpoint's schedule, its log, its settings."""
+    plan = run.json(plan_rel) or {}
+    meta = run.json(meta_rel) or {}
+    state = run.json(state_rel) if state_rel else None
+    rows: list[list[Cell]] = []
+    for name, key, used_key, fmt in PLAN_ROWS:
+        planned: Cell = _json_number(plan, plan_rel, key, fmt) if plan else "-"
+        used: Cell = "-"
+        if key == "steps" and log:
+            used = Number(log[-1].get("step"), log_rel, f"{len(log) - 1}/step")
+        elif used_key and state:
+            used = _json_number(state, state_rel, used_key, fmt)
+        rows.append([name, planned, used])
+    for name in ("vision", "llm", "template", "projector", "feature_layer"):
+        rows.append([name, str(plan.get(name, "-")), str(meta.get(name, "-"))])
+    used_from = ", ".join(r for r in (meta_rel, log_rel, state_rel) if r)
+    return Table(
+        f"Stage {stage}: the plan (`train --dry-run`) beside what was used",
+        ["", f"planned ({plan_rel})", f"used ({used_from})"],
+        rows,
+        "The plan is for the GPUs it names; a run on CPU uses fp32. The schedule used comes "
+        "from the newest checkpoint the run kept, when there is one.",
+    )
 
 
 def _last_step(stage: int, log: list[dict], rel: str, label: str) -> Table:

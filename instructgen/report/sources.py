@@ -34,6 +34,7 @@ STAGES = {1: "stage1", 2: "stage2"}
 TRAIN_LOG = "train_log.jsonl"
 PLAN = "plan.json"
 TRAINED_WITH = "instructgen_train.json"
+TRAINER_STATE = "trainer_state.json"  # in each checkpoint-N folder a stage keeps
 RANDOM_WEIGHTS = "towers/random_weights.json"  # written by the demo's tiny-tower builder
 SETTINGS_DIR = "settings"  # one file per recipe step: the settings it was made with
 # The journal's spent cost and outcome counts over the requests of the current input file.
@@ -75,6 +76,19 @@ class RunFolder:
                 return db.execute(sql).fetchone()[0]
         except sqlite3.DatabaseError as e:
             raise InputError(f"{self.path(rel)}: not a readable journal ({e})") from None
+
+    def newest_checkpoint_state(self, stage_folder: str) -> str | None:
+        """`STAGE/checkpoint-N/trainer_state.json` of the highest N (the schedule a stage ran
+        with: records, steps, batches, devices, lr, seed), or None when none is kept."""
+        states = [
+            p
+            for p in self.path(stage_folder).glob(f"checkpoint-*/{TRAINER_STATE}")
+            if p.parent.name.split("-", 1)[1].isdigit()
+        ]
+        if not states:
+            return None
+        newest = max(states, key=lambda p: int(p.parent.name.split("-", 1)[1]))
+        return str(newest.relative_to(self.root))
 
     def settings(self) -> dict[str, str]:
         """The recipe's settings files (`settings/STEP`, `data/.STEP-settings` of the data
