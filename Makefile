@@ -216,6 +216,9 @@ TRAIN = $(if $(filter 1,$(GPUS)),$(IG) train,$(BIN)/accelerate launch --config_f
 JUDGE_OUT = $(RUN)/eval/judge/$(if $(OPENAI_API_KEY),summary.json,requests.jsonl)
 # A stage starts over when it finished before (its inputs changed) or left no checkpoint;
 # otherwise it resumes from its newest checkpoint.
+# The demo's towers have random weights: every step that prints a model figure says so first.
+RANDOM_NOTE = $(if $(TOWERS),@echo "[random weights] the figures below come from tiny towers \
+        with random weights ($(TOWERS)): they mean nothing about the recipe")
 fresh_or_resume = if [ -f $(1) ] || ! ls -d $(2)/checkpoint-* >/dev/null 2>&1; then \
         rm -rf $(2)/checkpoint-* $(2)/train_log.jsonl; fi
 
@@ -244,6 +247,7 @@ $(RUN)/stage1/plan.json: $(STAGE1_DATA) $(TOWERS) $(RUN)/settings/stage1 $(RUN)/
 
 $(RUN)/stage1/projector.safetensors: $(STAGE1_DATA) $(TOWERS) $(RUN)/stage1/plan.json \
         $(RUN)/settings/stage1 | install
+	$(RANDOM_NOTE)
 	@$(call fresh_or_resume,$@,$(@D))
 	$(TRAIN) --stage 1 --data $(STAGE1_DATA) --images $(STAGE1_IMAGES) --vision $(VISION) \
 	    --llm $(LLM) -o $(@D) --resume $(STAGE1_ARGS)
@@ -255,12 +259,14 @@ $(RUN)/stage2/plan.json: $(DATA)/llava/llava_instruct.json $(RUN)/stage1/project
 
 $(RUN)/stage2/model.safetensors: $(DATA)/llava/llava_instruct.json $(RUN)/stage1/projector.safetensors \
         $(RUN)/stage2/plan.json $(RUN)/settings/stage2 | install
+	$(RANDOM_NOTE)
 	@$(call fresh_or_resume,$@,$(@D))
 	$(TRAIN) --stage 2 --data $< --images $(IMAGES) --projector $(RUN)/stage1 -o $(@D) \
 	    --resume $(STAGE2_ARGS)
 
 # A finished answers file means a new model or new questions: answer again from scratch.
 $(RUN)/eval/answers.jsonl: $(RUN)/stage2/model.safetensors $(QUESTIONS) $(RUN)/settings/answer | install
+	$(RANDOM_NOTE)
 	@rm -f $@
 	@mkdir -p $(@D); cp $(QUESTIONS) $(@D)/questions.jsonl
 	$(IG) answer --questions $(QUESTIONS) --images $(EVAL_IMAGES) --model $(RUN)/stage2 -o $@ \
@@ -273,6 +279,7 @@ $(JUDGE_OUT): $(RUN)/eval/answers.jsonl $(REFERENCE) $(JUDGE_CONTEXTS) $(RUN)/se
 
 # Hallucination of the model's own answers, against the question images' contexts.
 $(RUN)/eval/chair.json: $(RUN)/eval/answers.jsonl $(JUDGE_CONTEXTS) | install
+	$(RANDOM_NOTE)
 	$(IG) chair $< --questions $(RUN)/eval/questions.jsonl --contexts $(JUDGE_CONTEXTS) -o $@
 
 $(RUN)/eval/pope/contexts.jsonl: $(POPE_CAPTIONS) $(POPE_INSTANCES) | install
@@ -283,6 +290,7 @@ $(POPE_FILES) &: $(POPE_CONTEXTS) $(RUN)/settings/pope | install
 
 $(RUN)/eval/pope/result.json: $(POPE_FILES) $(RUN)/stage2/model.safetensors \
         $(RUN)/settings/popeanswer | install
+	$(RANDOM_NOTE)
 	@rm -f $(@D)/answers.jsonl
 	cat $(POPE_FILES) > $(@D)/questions.jsonl
 	$(IG) answer --questions $(@D)/questions.jsonl --images $(POPE_IMAGES) --model $(RUN)/stage2 \
@@ -294,6 +302,7 @@ $(RUN)/eval/scienceqa/questions.jsonl: $(RUN)/settings/scienceqa | install
 	$(IG) scienceqa questions $(SQA) -o $@
 
 $(RUN)/eval/scienceqa/result.json: $(RUN)/eval/scienceqa/questions.jsonl $(RUN)/stage2/model.safetensors | install
+	$(RANDOM_NOTE)
 	@rm -f $(@D)/answers.jsonl
 	$(IG) answer --questions $< --images $(SCIENCEQA_IMAGES) --model $(RUN)/stage2 \
 	    -o $(@D)/answers.jsonl $(ANSWER_ARGS)

@@ -526,6 +526,10 @@ def settings_section(run: RunFolder) -> Section:
         if s.need(run, rel):
             meta = run.json(rel)
             rows.append([f"stage {stage} towers", f"{meta.get('vision')} + {meta.get('llm')}"])
+        state = run.newest_checkpoint_state(folder)
+        if state:
+            seed = _json_number(run.json(state), state, "schedule/seed")
+            rows.append([f"stage {stage} seed (init and data order)", seed])
     if run.has(src.RANDOM_WEIGHTS):
         s.reads.append(src.RANDOM_WEIGHTS)
         rows.append(
