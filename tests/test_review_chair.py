@@ -63,6 +63,7 @@ def test_the_summary_shows_the_chair_figures(client):
     assert "CHAIR: object hallucination" in html
     # 1 of 37 mentions, 1 of 11 records (the script-payload record names no object)
     assert "<td>2.7%</td><td>9.1%</td>" in html
+    assert 'href="/?flag=chair_hallucination&amp;task=conversation"' in html
 
 
 def test_the_chair_flag_lists_the_hallucinating_records(client):

@@ -18,12 +18,14 @@ def chair(
     data: Path = typer.Argument(
         ...,
         help="A build output folder (its per-task files: figures per task), a LLaVA JSON "
-        "(assistant turns scored; one group unless records carry our custom_ids), or an "
+        "(assistant turns scored; grouped by task when records carry our custom_id or a "
+        "task, else one group `all`), or an "
         "answers file (with --questions; grouped by question category).",
     ),
     contexts: Path = typer.Option(
         ...,
-        help="contexts.jsonl: the truth per image is its boxes plus the objects its captions name.",
+        help="contexts.jsonl (or LLaVA's caps_boxes lines): the truth per image is its boxes "
+        "plus the objects its captions name.",
     ),
     output: Path = typer.Option(..., "--output", "-o", help="chair.json to write."),
     questions: Path | None = typer.Option(

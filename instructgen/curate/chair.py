@@ -32,85 +32,32 @@ from instructgen.files import iter_jsonl, read_json
 
 # Words the published CHAIR lists know and `category_words` leaves out (which serves a
 # flag, not a metric), with their plurals written out.
-_CHAIR_WORDS: dict[str, tuple[str, ...]] = {
-    "person": (
-        "chef",
-        "chefs",
-        "worker",
-        "workers",
-        "policeman",
-        "policemen",
-        "cop",
-        "cops",
-        "officer",
-        "officers",
-        "bride",
-        "brides",
-        "groom",
-        "grooms",
-        "mother",
-        "mothers",
-        "father",
-        "fathers",
-        "pitcher",
-        "pitchers",
-        "batter",
-        "batters",
-        "catcher",
-        "catchers",
-        "umpire",
-        "umpires",
-        "skater",
-        "skaters",
-        "biker",
-        "bikers",
-        "bicyclist",
-        "bicyclists",
-        "driver",
-        "drivers",
-        "student",
-        "students",
-        "soldier",
-        "soldiers",
-        "tourist",
-        "tourists",
-        "spectator",
-        "spectators",
-        "athlete",
-        "athletes",
-    ),  # fmt: skip
-    "car": ("van", "vans", "minivan", "minivans", "jeep", "jeeps"),
-    "truck": ("fire truck", "fire trucks"),
-    "bird": (
-        "eagle",
-        "eagles",
-        "owl",
-        "owls",
-        "swan",
-        "swans",
-        "hawk",
-        "hawks",
-        "crow",
-        "crows",
-        "penguin",
-        "penguins",
-        "flamingo",
-        "flamingos",
-    ),  # fmt: skip
-    "dog": ("pup", "pups"),
-    "horse": ("foal", "foals", "stallion", "stallions", "mare", "mares"),
-    "sheep": ("ram", "rams", "ewe", "ewes"),
-    "cow": ("ox", "oxen"),
-    "couch": ("loveseat", "loveseats"),
-    "cell phone": ("iphone", "iphones"),
-    "traffic light": ("stop light", "stop lights"),
+_CHAIR_WORDS: dict[str, str] = {  # category -> its extra words, space-separated
+    "person": "chef chefs worker workers policeman policemen cop cops officer officers bride "
+    "brides groom grooms mother mothers father fathers pitcher pitchers batter batters catcher "
+    "catchers umpire umpires skater skaters biker bikers bicyclist bicyclists driver drivers "
+    "student students soldier soldiers tourist tourists spectator spectators athlete athletes",
+    "car": "van vans minivan minivans jeep jeeps",
+    "bird": "eagle eagles owl owls swan swans hawk hawks crow crows penguin penguins flamingo "
+    "flamingos",
+    "dog": "pup pups",
+    "horse": "foal foals stallion stallions mare mares",
+    "sheep": "ram rams ewe ewes",
+    "cow": "ox oxen",
+    "couch": "loveseat loveseats",
+    "cell phone": "iphone iphones",
+}
+# two-word names the same way, comma-separated
+_CHAIR_PHRASES: dict[str, str] = {
+    "truck": "fire truck, fire trucks",
+    "traffic light": "stop light, stop lights",
 }
 # Names that contain a category word but name no object of it: matched (so the word inside
 # is consumed) and not counted. "bus stop" shows no bus; "toilet paper" no toilet.
 _NOT_OBJECTS = (
-    "bus stop", "bus stops", "bus station", "bus stations", "train station",
-    "train stations", "train track", "train tracks", "toilet paper",
-)  # fmt: skip
+    "bus stop, bus stops, bus station, bus stations, train station, train stations, "
+    "train track, train tracks, toilet paper"
+)
 # "baby elephant", "young horses", "adult giraffe": the animal, not a person
 _ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
 _AGE_WORDS = ("baby", "young", "adult")
@@ -120,8 +67,10 @@ def _vocabulary() -> dict[tuple[str, ...], str | None]:
     """Name (as a tuple of words) -> category, or None for a name that is not an object."""
     names: dict[str, str | None] = dict(WORD_TO_CATEGORY)
     for category, words in _CHAIR_WORDS.items():
-        names.update(dict.fromkeys(words, category))
-    names.update(dict.fromkeys(_NOT_OBJECTS))
+        names.update(dict.fromkeys(words.split(), category))
+    for category, phrases in _CHAIR_PHRASES.items():
+        names.update(dict.fromkeys(phrases.split(", "), category))
+    names.update(dict.fromkeys(_NOT_OBJECTS.split(", ")))
     for word, category in list(names.items()):
         if category in _ANIMALS and " " not in word:
             names.update({f"{age} {word}": category for age in _AGE_WORDS})
@@ -260,7 +209,7 @@ def _names_in(text: str) -> list[tuple[str, str]]:
 
 def ground_truth(captions: Iterable[str], box_categories: Iterable[str]) -> frozenset[str]:
     """The COCO categories an image shows: its boxes plus every object its captions name."""
-    named = {m.category for m in find_mentions(".\n".join(captions))}
+    named = {category for _, category in _names_in(".\n".join(captions))}
     return frozenset(named | set(box_categories))
 
 
