@@ -4,6 +4,8 @@
 #   make test | lint | bench | demo | eval
 #   make data/llava/llava_instruct.json CAPTIONS=... INSTANCES=... MODEL=gpt-4o
 #   ... IMAGE=url (the model sees coco_url too) or IMAGE=inline IMAGES=train2017/
+#   make recipe RUN=runs/NAME VISION=... LLM=... ...   COCO to a scored model and report.html
+#   make demo-recipe                  the same offline: no key, no GPU, random-weight towers
 #
 # Each pipeline file is rebuilt only when an input or one of its settings changed; an
 # interrupted `run` resumes from data/journal.sqlite without re-sending finished requests.
