@@ -4,6 +4,8 @@
 #   make test | lint | bench | demo | eval
 #   make data/llava/llava_instruct.json CAPTIONS=... INSTANCES=... MODEL=gpt-4o
 #   ... IMAGE=url (the model sees coco_url too) or IMAGE=inline IMAGES=train2017/
+#   make recipe RUN=runs/NAME VISION=... LLM=... ...   COCO to a scored model and report.html
+#   make demo-recipe                  the same offline: no key, no GPU, random-weight towers
 #
 # Each pipeline file is rebuilt only when an input or one of its settings changed; an
 # interrupted `run` resumes from data/journal.sqlite without re-sending finished requests.
@@ -28,9 +30,94 @@ IMAGE_DETAIL ?= high
 BACKEND    ?= openai
 RUN_ARGS   ?=
 SEED       ?= 0
-DATA       ?= data
+RUN        ?=
+QA90       := examples/llava-bench-qa90
+# Evaluation files whose images get no context (coco --exclude-images); the recipe's default
+# is its own evaluation sets: LLaVA-Bench's questions and the POPE files.
+EXCLUDE    ?= $(if $(RUN),$(QUESTIONS) $(if $(POPE_CONTEXTS),$(POPE_FILES)))
+DATA       ?= $(if $(RUN),$(RUN)/data,data)
+IMAGE_IDS  ?=
 
-.PHONY: install install-train install-ray chromium test lint bench demo eval pipeline clean FORCE
+# `make demo-recipe`: the recipe's own targets with these settings, offline, no key, no GPU, a
+# few minutes on 2 cores. RANDOM-weight tiny towers, the template backend, the bundled images,
+# the bundled CC3M rows (filtered; stage 1 trains on the images' COCO captions, since CC3M
+# images are not bundled), a few steps per stage, the judge as a dry run.
+DEMO_IMAGES ?= examples/coco-train2017-16/train2017
+# 2023: CLIP + Llama, `v1` in stage 2; 2026: SigLIP + Qwen2, `--template chat` in stage 2.
+DEMO_PAIR   ?= 2023
+ifneq ($(filter demo-recipe,$(MAKECMDGOALS)),)
+RUN          := $(or $(RUN),runs/demo)
+DEMO_TRAIN   := --max-steps 4 --batch-size 4 --micro-batch-size 2 --workers 0 --save-every 2 \
+                --log-every 1 --no-gradient-checkpointing
+BACKEND      := template
+IMAGES       := $(DEMO_IMAGES)
+CAPTIONS     := examples/coco-train2017-16/captions_train2017.json
+INSTANCES    := examples/coco-train2017-16/instances_train2017.json
+CC3M         := tests/data/cc3m_val_300.tsv
+TOWERS       := $(RUN)/towers/random_weights.json
+VISION       := $(RUN)/towers/vision
+LLM          := $(RUN)/towers/llm
+STAGE1_DATA  := $(RUN)/demo/stage1_pairs.json
+STAGE1_IMAGES := $(DEMO_IMAGES)
+STAGE1_ARGS  := $(DEMO_TRAIN)
+STAGE2_ARGS  := $(DEMO_TRAIN) $(if $(filter 2026,$(DEMO_PAIR)),--template chat)
+PLAN_ARGS    := --gpu-tflops 989 --mfu 0.4
+QUESTIONS    := $(RUN)/demo/questions.jsonl
+EVAL_IMAGES  := $(DEMO_IMAGES)
+REFERENCE    := $(RUN)/demo/reference.jsonl
+JUDGE_CONTEXTS := $(RUN)/data/contexts.jsonl
+ANSWER_ARGS  := --max-new-tokens 16
+# No held-out images are bundled: the demo's POPE asks about its own training images.
+POPE_CONTEXTS := $(RUN)/data/contexts.jsonl
+POPE_N       := 13
+POPE_ANSWER_ARGS := --max-new-tokens 4 --batch-size 32
+EXCLUDE      := $(QA90)/qa90_questions.jsonl
+OPENAI_API_KEY :=
+endif
+
+# Recipe settings (see `make recipe` below).
+VISION       ?=
+LLM          ?=
+CC3M         ?=
+CC3M_IMAGES  ?=
+STAGE1_DATA  ?= $(RUN)/cc3m/pretrain.json
+STAGE1_IMAGES ?= $(CC3M_IMAGES)
+GPUS         ?= 1
+ZERO         ?= zero2
+STAGE1_ARGS  ?=
+STAGE2_ARGS  ?=
+PLAN_ARGS    ?=
+EVAL_IMAGES  ?=
+QUESTIONS    ?= $(QA90)/qa90_questions.jsonl
+REFERENCE    ?= $(QA90)/qa90_gpt4_answer.jsonl
+JUDGE_CONTEXTS ?= $(QA90)/caps_boxes_coco2014_val_80.jsonl
+ANSWER_ARGS  ?=
+SCIENCEQA    ?=
+SCIENCEQA_IMAGES ?= $(SCIENCEQA)/images
+TOWERS       ?=
+# POPE from held-out COCO annotations (the paper: val2014): on when POPE_INSTANCES is set.
+POPE_CAPTIONS  ?=
+POPE_INSTANCES ?=
+POPE_CONTEXTS  ?= $(if $(POPE_INSTANCES),$(RUN)/eval/pope/contexts.jsonl)
+POPE_IMAGES    ?= $(EVAL_IMAGES)
+POPE_N         ?= 500
+POPE_ANSWER_ARGS ?= $(ANSWER_ARGS)
+POPE_FILES = $(foreach s,random popular adversarial,$(RUN)/eval/pope/pope_$(s).jsonl)
+# What the recipe cannot guess: one line naming every setting still missing.
+ifneq ($(filter recipe demo-recipe,$(MAKECMDGOALS)),)
+ifndef RUN
+$(error set RUN=runs/NAME: every file of the run goes there)
+endif
+RECIPE_MISSING = $(foreach v,VISION LLM IMAGES STAGE1_IMAGES EVAL_IMAGES,$(if $($(v)),,$(v)=)) \
+        $(if $(CC3M)$(filter-out $(RUN)/cc3m/pretrain.json,$(STAGE1_DATA)),,CC3M=)
+ifneq ($(strip $(RECIPE_MISSING)),)
+$(error set $(strip $(RECIPE_MISSING)) for the recipe: towers (folders or hub names), COCO \
+        train images, CC3M captions and images (stage 1), the val2014 images LLaVA-Bench asks about)
+endif
+endif
+
+.PHONY: install install-train install-ray chromium test lint bench demo eval pipeline recipe \
+        demo-recipe clean FORCE
 
 install: $(BIN)/instructgen.stamp
 $(BIN)/instructgen.stamp: pyproject.toml
@@ -68,16 +155,16 @@ bench: install
 
 # --- the COCO pipeline -------------------------------------------------------------------
 # A settings file changes only when its settings do, so Make rebuilds exactly what they affect.
-coco_SETTINGS   = $(CAPTIONS) $(INSTANCES) $(LIMIT)
+coco_SETTINGS   = $(CAPTIONS) $(INSTANCES) $(LIMIT) $(IMAGE_IDS) $(EXCLUDE)
 render_SETTINGS = $(MODEL) $(TASKS) $(MAX_TOKENS) $(IMAGE) $(IMAGES) $(IMAGE_DETAIL)
 run_SETTINGS    = $(BACKEND)
 build_SETTINGS  = $(SEED)
 $(DATA)/.%-settings: FORCE
-	@mkdir -p $(DATA)
-	@echo '$($*_SETTINGS)' | cmp -s - $@ || echo '$($*_SETTINGS)' > $@
+	+@mkdir -p $(DATA); echo '$($*_SETTINGS)' | cmp -s - $@ || echo '$($*_SETTINGS)' > $@
 
-$(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(DATA)/.coco-settings | install
-	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT))
+$(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(IMAGE_IDS) $(EXCLUDE) $(DATA)/.coco-settings | install
+	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT)) \
+	    $(if $(IMAGE_IDS),--image-ids $(IMAGE_IDS)) $(if $(EXCLUDE),--exclude-images $(EXCLUDE))
 
 $(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
 	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS) \
@@ -106,7 +193,6 @@ demo: install
 # The GPT-judge relative score on the bundled LLaVA-Bench qa90 files; without OPENAI_API_KEY a
 # dry run (requests and the cost estimate). CANDIDATE: the answers of `instructgen answer`.
 # Its images overlap COCO train2017: the target prints the flag that keeps them out of data.
-QA90       := examples/llava-bench-qa90
 CANDIDATE  ?= $(QA90)/qa90_gpt4_answer.jsonl
 JUDGE      ?= gpt-4o
 JUDGE_ARGS ?=
@@ -121,5 +207,135 @@ eval: install
 	  --reference $(QA90)/qa90_gpt4_answer.jsonl --candidate $(CANDIDATE) \
 	  -o $(EVAL_OUT) --model $(JUDGE) $(if $(OPENAI_API_KEY),,--dry-run) $(JUDGE_ARGS)
 
+# --- the recipe: COCO to a scored model, every file under RUN=runs/NAME/ --------------------
+# `make recipe RUN=runs/NAME VISION=... LLM=... CC3M=... CC3M_IMAGES=... IMAGES=... \
+#       EVAL_IMAGES=...`; `make -n recipe RUN=...` prints the plan. Each file is rebuilt when
+# an input or one of its settings (RUN/settings/) changes; a killed step resumes: generation
+# from its journal, training from its newest checkpoint (--resume), answers from OUT.partial.
+TRAIN = $(if $(filter 1,$(GPUS)),$(IG) train,$(BIN)/accelerate launch --config_file \
+        configs/$(ZERO).yaml --num_processes $(GPUS) -m instructgen.cli train)
+# Without a key the judge only writes its requests and prints their cost (a dry run).
+JUDGE_OUT = $(RUN)/eval/judge/$(if $(OPENAI_API_KEY),summary.json,requests.jsonl)
+# A stage starts over when it finished before (its inputs changed) or left no checkpoint;
+# otherwise it resumes from its newest checkpoint.
+# The demo's towers have random weights: every step that prints a model figure says so first.
+RANDOM_NOTE = $(if $(TOWERS),@echo "[random weights] the figures below come from tiny towers \
+        with random weights ($(TOWERS)): they mean nothing about the recipe")
+fresh_or_resume = if [ -f $(1) ] || ! ls -d $(2)/checkpoint-* >/dev/null 2>&1; then \
+        rm -rf $(2)/checkpoint-* $(2)/train_log.jsonl; fi
+
+ifdef RUN
+cc3m_SETTINGS   = $(CC3M) $(SEED)
+stage1_SETTINGS = $(VISION) $(LLM) $(STAGE1_DATA) $(STAGE1_IMAGES) $(GPUS) $(ZERO) $(STAGE1_ARGS)
+stage2_SETTINGS = $(IMAGES) $(GPUS) $(ZERO) $(STAGE2_ARGS)
+plan_SETTINGS   = $(GPUS) $(PLAN_ARGS)
+answer_SETTINGS = $(QUESTIONS) $(EVAL_IMAGES) $(ANSWER_ARGS)
+judge_SETTINGS  = $(JUDGE) $(REFERENCE) $(JUDGE_CONTEXTS) $(JUDGE_ARGS) \
+                  $(if $(OPENAI_API_KEY),with-key,dry-run)
+scienceqa_SETTINGS = $(SCIENCEQA) $(ANSWER_ARGS)
+towers_SETTINGS = $(DEMO_PAIR)
+pope_SETTINGS   = $(POPE_CAPTIONS) $(POPE_INSTANCES) $(POPE_CONTEXTS) $(POPE_N) $(SEED)
+popeanswer_SETTINGS = $(POPE_IMAGES) $(POPE_ANSWER_ARGS)
+# `+`: written even under `make -n`, so that the plan shows only what really changed.
+$(RUN)/settings/%: FORCE
+	+@mkdir -p $(@D); echo '$($*_SETTINGS)' | cmp -s - $@ || echo '$($*_SETTINGS)' > $@
+
+$(RUN)/cc3m/pretrain.json: $(CC3M) $(RUN)/settings/cc3m | install
+	$(IG) cc3m $(CC3M) -o $(@D) --seed $(SEED)
+
+$(RUN)/stage1/plan.json: $(STAGE1_DATA) $(TOWERS) $(RUN)/settings/stage1 $(RUN)/settings/plan | install
+	$(IG) train --stage 1 --dry-run --data $(STAGE1_DATA) --images $(STAGE1_IMAGES) \
+	    --vision $(VISION) --llm $(LLM) -o $(@D) --gpus $(GPUS) $(STAGE1_ARGS) $(PLAN_ARGS)
+
+$(RUN)/stage1/projector.safetensors: $(STAGE1_DATA) $(TOWERS) $(RUN)/stage1/plan.json \
+        $(RUN)/settings/stage1 | install
+	$(RANDOM_NOTE)
+	@$(call fresh_or_resume,$@,$(@D))
+	$(TRAIN) --stage 1 --data $(STAGE1_DATA) --images $(STAGE1_IMAGES) --vision $(VISION) \
+	    --llm $(LLM) -o $(@D) --resume $(STAGE1_ARGS)
+
+$(RUN)/stage2/plan.json: $(DATA)/llava/llava_instruct.json $(RUN)/stage1/projector.safetensors \
+        $(RUN)/settings/stage2 $(RUN)/settings/plan | install
+	$(IG) train --stage 2 --dry-run --data $< --images $(IMAGES) --projector $(RUN)/stage1 \
+	    -o $(@D) --gpus $(GPUS) $(STAGE2_ARGS) $(PLAN_ARGS)
+
+$(RUN)/stage2/model.safetensors: $(DATA)/llava/llava_instruct.json $(RUN)/stage1/projector.safetensors \
+        $(RUN)/stage2/plan.json $(RUN)/settings/stage2 | install
+	$(RANDOM_NOTE)
+	@$(call fresh_or_resume,$@,$(@D))
+	$(TRAIN) --stage 2 --data $< --images $(IMAGES) --projector $(RUN)/stage1 -o $(@D) \
+	    --resume $(STAGE2_ARGS)
+
+# A finished answers file means a new model or new questions: answer again from scratch.
+$(RUN)/eval/answers.jsonl: $(RUN)/stage2/model.safetensors $(QUESTIONS) $(RUN)/settings/answer | install
+	$(RANDOM_NOTE)
+	@rm -f $@
+	@mkdir -p $(@D); cp $(QUESTIONS) $(@D)/questions.jsonl
+	$(IG) answer --questions $(QUESTIONS) --images $(EVAL_IMAGES) --model $(RUN)/stage2 -o $@ \
+	    $(ANSWER_ARGS)
+
+$(JUDGE_OUT): $(RUN)/eval/answers.jsonl $(REFERENCE) $(JUDGE_CONTEXTS) $(RUN)/settings/judge | install
+	@if [ -f $@ ]; then rm -rf $(@D); fi
+	$(IG) judge --questions $(QUESTIONS) --contexts $(JUDGE_CONTEXTS) --reference $(REFERENCE) \
+	    --candidate $< -o $(@D) --model $(JUDGE) $(if $(OPENAI_API_KEY),,--dry-run) $(JUDGE_ARGS)
+
+# Hallucination of the model's own answers, against the question images' contexts.
+$(RUN)/eval/chair.json: $(RUN)/eval/answers.jsonl $(JUDGE_CONTEXTS) | install
+	$(RANDOM_NOTE)
+	$(IG) chair $< --questions $(RUN)/eval/questions.jsonl --contexts $(JUDGE_CONTEXTS) -o $@
+
+$(RUN)/eval/pope/contexts.jsonl: $(POPE_CAPTIONS) $(POPE_INSTANCES) | install
+	$(IG) coco --captions $(POPE_CAPTIONS) --instances $(POPE_INSTANCES) -o $@
+
+$(POPE_FILES) &: $(POPE_CONTEXTS) $(RUN)/settings/pope | install
+	$(IG) pope build --contexts $(POPE_CONTEXTS) --images $(POPE_N) --seed $(SEED) -o $(RUN)/eval/pope
+
+$(RUN)/eval/pope/result.json: $(POPE_FILES) $(RUN)/stage2/model.safetensors \
+        $(RUN)/settings/popeanswer | install
+	$(RANDOM_NOTE)
+	@rm -f $(@D)/answers.jsonl
+	cat $(POPE_FILES) > $(@D)/questions.jsonl
+	$(IG) answer --questions $(@D)/questions.jsonl --images $(POPE_IMAGES) --model $(RUN)/stage2 \
+	    -o $(@D)/answers.jsonl $(POPE_ANSWER_ARGS)
+	$(IG) pope score --questions $(@D) --answers $(@D)/answers.jsonl -o $@
+
+SQA = --problems $(SCIENCEQA)/problems.json --pid-splits $(SCIENCEQA)/pid_splits.json --split test
+$(RUN)/eval/scienceqa/questions.jsonl: $(RUN)/settings/scienceqa | install
+	$(IG) scienceqa questions $(SQA) -o $@
+
+$(RUN)/eval/scienceqa/result.json: $(RUN)/eval/scienceqa/questions.jsonl $(RUN)/stage2/model.safetensors | install
+	$(RANDOM_NOTE)
+	@rm -f $(@D)/answers.jsonl
+	$(IG) answer --questions $< --images $(SCIENCEQA_IMAGES) --model $(RUN)/stage2 \
+	    -o $(@D)/answers.jsonl $(ANSWER_ARGS)
+	$(IG) scienceqa score --answers $(@D)/answers.jsonl $(SQA) -o $@
+
+RECIPE_FILES = $(if $(CC3M),$(RUN)/cc3m/pretrain.json) $(DATA)/llava/llava_instruct.json \
+        $(RUN)/stage2/plan.json $(RUN)/stage2/model.safetensors \
+        $(RUN)/eval/answers.jsonl $(RUN)/eval/chair.json $(JUDGE_OUT) \
+        $(if $(POPE_CONTEXTS),$(RUN)/eval/pope/result.json) \
+        $(if $(SCIENCEQA),$(RUN)/eval/scienceqa/result.json)
+$(RUN)/report.html: $(RECIPE_FILES) | install
+	$(IG) report $(RUN) -o $@
+	@echo "open $@$(if $(TOWERS), (RANDOM-weight towers: no model figure means anything))"
+
+# The demo's own inputs (see demo-recipe): tiny random towers, COCO captions as stage-1 pairs,
+# and questions on the bundled images with the build's answers as reference.
+$(RUN)/towers/random_weights.json: examples/demo_recipe.py $(RUN)/settings/towers | install
+	@rm -rf $(@D)
+	$(BIN)/python examples/demo_recipe.py towers $(@D) --pair $(DEMO_PAIR)
+
+$(RUN)/demo/stage1_pairs.json: $(DATA)/contexts.jsonl | install
+	$(BIN)/python examples/demo_recipe.py stage1-pairs $< -o $@
+
+$(RUN)/demo/questions.jsonl: $(DATA)/llava/llava_instruct.json | install
+	$(BIN)/python examples/demo_recipe.py questions $< -o $@ --reference $(RUN)/demo/reference.jsonl
+$(RUN)/demo/reference.jsonl: $(RUN)/demo/questions.jsonl
+endif
+
+# No recipe of their own: `make -q recipe` answers whether the run is up to date.
+recipe: $(RUN)/report.html
+demo-recipe: $(RUN)/report.html
+
 clean:
-	rm -rf data demo-out eval-out benchmarks/out
+	rm -rf data demo-out eval-out benchmarks/out runs/demo

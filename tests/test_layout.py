@@ -23,7 +23,8 @@ RANKS = {
     "review": 3,
     "train": 3,
     "eval": 4,
-    "cli": 5,
+    "report": 5,
+    "cli": 6,
 }
 
 

@@ -13,8 +13,8 @@ from rich.markup import escape
 
 # isort: off
 # Each module registers its commands; the import order is the order of `--help`.
-from instructgen.cli import generate, train, evaluate, hallucination, export  # noqa: F401
-from instructgen.cli import review, cc3m, scienceqa  # noqa: F401
+from instructgen.cli import generate, train, evaluate, hallucination, review  # noqa: F401
+from instructgen.cli import cc3m, scienceqa, export, report  # noqa: F401
 
 # isort: on
 from instructgen.cli.app import app, console
