@@ -164,7 +164,7 @@ $(DATA)/.%-settings: FORCE
 
 $(DATA)/contexts.jsonl: $(CAPTIONS) $(INSTANCES) $(IMAGE_IDS) $(EXCLUDE) $(DATA)/.coco-settings | install
 	$(IG) coco --captions $(CAPTIONS) --instances $(INSTANCES) -o $@ $(if $(LIMIT),--limit $(LIMIT)) \
-	    $(if $(IMAGE_IDS),--image-ids $(IMAGE_IDS)) $(if $(EXCLUDE),--exclude-images $(EXCLUDE))
+	    $(if $(IMAGE_IDS),--image-ids $(IMAGE_IDS)) $(foreach f,$(EXCLUDE),--exclude-images $(f))
 
 $(DATA)/requests.jsonl: $(DATA)/contexts.jsonl $(DATA)/.render-settings $(shell find prompts seeds -type f) | install
 	$(IG) render $< -o $@ --model $(MODEL) --tasks $(TASKS) --max-tokens $(MAX_TOKENS) \

@@ -96,12 +96,16 @@ def test_limit_counts_images_after_the_exclusion(test_data, tmp_path):
 def test_coco_cli_prints_how_many_images_each_file_dropped(test_data, tmp_path):
     ids = tmp_path / "llava_bench_ids.txt"
     ids.write_text("69468\n442450\n")
+    pope = tmp_path / "pope_random.jsonl"
+    pope.write_text(json.dumps({"question_id": 1, "image": "COCO_val2014_000000442450.jpg"}))
+    more = tmp_path / "more_ids.txt"
+    more.write_text("69468\n")
     out = tmp_path / "contexts.jsonl"
     result = subprocess.run(
         [
             sys.executable, "-m", "instructgen.cli", "coco",
-            "--captions", str(test_data / CAPTIONS), "-o", str(out),
-            "--exclude-images", str(ids),
+            "--exclude-images", str(ids), str(pope), "--captions", str(test_data / CAPTIONS),
+            "-o", str(out), "--exclude-images", str(more),
         ],
         capture_output=True,
         text=True,
@@ -110,4 +114,6 @@ def test_coco_cli_prints_how_many_images_each_file_dropped(test_data, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"excluded 2 images named in {ids}" in result.stderr
+    assert f"excluded 0 images named in {pope}" in result.stderr  # ids named it first
+    assert f"excluded 0 images named in {more}" in result.stderr
     assert len(list(iter_jsonl(out))) == 1

@@ -356,16 +356,19 @@ def test_a_non_empty_output_folder_is_one_red_line_and_left_alone(test_data, tmp
 def test_cli_writes_llamafactory_files_and_reports_exclusions(test_data, tmp_path):
     ids = tmp_path / "ids.txt"
     ids.write_text("000000419474.jpg\n")
+    pope = tmp_path / "pope_random.jsonl"
+    pope.write_text(json.dumps({"question_id": 1, "image": "COCO_val2014_000000070133.jpg"}))
     out = tmp_path / "lf"
     images = str(test_data / "train_images")
     data = str(test_data / "train_instruct.json")
     result = run_cli(
-        "export", data, "--images", images, "-o", str(out), "--format", "llamafactory",
-        "--exclude", str(ids),
+        "export", data, "--exclude", str(ids), str(pope), "--images", images, "-o", str(out),
+        "--format", "llamafactory",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"excluded 3 records whose image is named in {ids}" in result.stderr
-    assert len(check_like_llamafactory(out)) == 9
+    assert f"excluded 3 records whose image is named in {pope}" in result.stderr
+    assert len(check_like_llamafactory(out)) == 6
     assert set(json.loads((out / "dataset_info.json").read_text())) == {"train_instruct"}
 
 

@@ -98,10 +98,10 @@ def test_pope_is_built_from_held_out_annotations_and_its_images_kept_out_of_gene
     assert order[built - 1] == "instructgen coco" and "instructgen coco" in order[built + 1 :]
     held_out = f"instructgen coco --captions {captions} --instances {instances}"
     assert f"{held_out} -o {run}/eval/pope/contexts.jsonl" in plan
-    files = " ".join(
+    files = ["examples/llava-bench-qa90/qa90_questions.jsonl"] + [
         f"{run}/eval/pope/pope_{s}.jsonl" for s in ("random", "popular", "adversarial")
-    )
-    assert f"--exclude-images examples/llava-bench-qa90/qa90_questions.jsonl {files}" in plan
+    ]
+    assert " ".join(f"--exclude-images {f}" for f in files) in plan
     assert f"instructgen pope score --questions {run}/eval/pope" in plan
     assert f"--images /data/val2014 --model {run}/stage2" in plan  # POPE_IMAGES: EVAL_IMAGES
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from instructgen.cli.app import app, console
+from instructgen.cli.app import app, console, taking_several_files
 from instructgen.errors import InstructgenError
 
 
-@app.command()
+@app.command(cls=taking_several_files("--exclude"))
 def export(
     data: Path = typer.Argument(
         ...,
@@ -36,7 +36,7 @@ def export(
         [],
         help="Evaluation files whose images are dropped (LLaVA question JSONL, POPE files, or "
         "one image name or id per line; COCO_val2014_000000441147.jpg, 000000441147.jpg and "
-        "441147 are one image). Repeat for several files.",
+        "441147 are one image). Several files: --exclude A B, up to the next option.",
     ),
     val_fraction: float = typer.Option(
         0.0,

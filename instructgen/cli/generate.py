@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from instructgen.cli.app import app, console
+from instructgen.cli.app import app, console, taking_several_files
 from instructgen.cli.options import (
     BATCH_API,
     DRY_RUN,
@@ -27,7 +27,7 @@ from instructgen.generate.images import DEFAULT_DETAIL, DEFAULT_MAX_SIDE
 # --- coco, render, estimate (stage 1) ---
 
 
-@app.command()
+@app.command(cls=taking_several_files("--exclude-images"))
 def coco(
     captions: Path = typer.Option(..., help="COCO captions_*.json annotation file."),
     instances: Path | None = typer.Option(
@@ -44,7 +44,7 @@ def coco(
         help="Evaluation files whose images get no context (so no request, no cost): LLaVA "
         "question JSONL, POPE files, or one image name or id per line. "
         "COCO_val2014_000000441147.jpg, 000000441147.jpg and 441147 are one image. "
-        "Repeat the option for several files.",
+        "Several files: --exclude-images A B C, up to the next option.",
     ),
 ) -> None:
     """COCO annotations -> one image context (captions + normalized boxes) per image.
