@@ -13,7 +13,7 @@ import pytest
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl
 from instructgen.generate.coco import write_contexts
-from instructgen.generate.exclude import image_key, read_exclusions
+from instructgen.generate.exclude import image_key, listed_image_key, read_exclusions
 
 CAPTIONS = "coco_captions_train2017_3.json"
 INSTANCES = "coco_instances_train2017_3.json"
@@ -23,12 +23,21 @@ def test_the_three_spellings_of_a_coco_image_are_one_image():
     keys = {
         image_key("COCO_val2014_000000441147.jpg"),
         image_key("000000441147.jpg"),
-        image_key("441147"),
+        listed_image_key("441147"),
         image_key(441147),
         image_key("val2014/COCO_val2014_000000441147.jpg"),
     }
     assert keys == {"coco:441147"}
-    assert image_key("000000441148.jpg") != image_key("441147")
+    assert image_key("000000441148.jpg") != listed_image_key("441147")
+
+
+@pytest.mark.parametrize(
+    "name", ["00044/000441147.jpg", "vg/VG_100K/2345.jpg", "gqa/images/2354786.jpg", "441147"]
+)
+def test_only_coco_file_names_are_coco_images_in_data(name):
+    # LCS-558K, Visual Genome and GQA number their images too; only an exclusion list's bare id
+    # is a COCO id
+    assert image_key(name) == name
 
 
 def test_a_non_coco_name_is_not_mistaken_for_a_coco_id():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,21 @@ def test_text_only_records_have_no_images(test_data, tmp_path):
     assert [len(r["images"]) for r in ds] == [1, 0, 1]
     assert ds[1]["messages"][0]["content"] == [{"type": "text", "text": "What is a snowboard?"}]
     assert summary.images == 2
+
+
+def test_card_names_the_coco_license_only_for_coco_photographs(test_data, tmp_path):
+    rows = records(test_data)[:2]
+    images = tmp_path / "images"
+    (images / "00044").mkdir(parents=True)
+    for row in rows:
+        shutil.copy(test_data / "train_images" / row["image"], images / row["image"])
+    shutil.copy(images / rows[1]["image"], images / "00044" / "000441147.jpg")
+    rows[1]["image"] = "00044/000441147.jpg"  # LCS-558K's naming: not a COCO file
+    out = tmp_path / "hf"
+    summary = export_hf(write_data(tmp_path, rows), images, out)
+    card = (out / "README.md").read_text()
+    assert (summary.images, summary.coco_images) == (2, 1)
+    assert "COCO images:" in card and "Other images (1 rows)" in card
 
 
 def test_a_small_shard_limit_splits_rows_over_named_shards(test_data, tmp_path):

@@ -12,9 +12,12 @@ Accepted files:
   are skipped).
 
 A COCO image has one key whatever its spelling: `COCO_val2014_000000441147.jpg`,
-`000000441147.jpg`, `000000441147` and `441147` all name image 441147 (COCO keeps one id per
-photograph across 2014 and 2017). Any other name (a CC3M or ScienceQA file) is kept as
-written, folders included: ScienceQA names every image `<split>/<pid>/image.png`.
+`000000441147.jpg` and `000000441147` name image 441147 (COCO keeps one id per photograph
+across 2014 and 2017), and so does a bare id (`441147`) in an exclusion list or an `image_id`
+field. Only those two file-name forms are COCO: other numbered names (LLaVA's LCS-558K
+`00044/000441147.jpg`, Visual Genome `vg/VG_100K/2345.jpg`, GQA `gqa/images/2354786.jpg`) and
+any other name (a CC3M or ScienceQA file) are kept as written, folders included: ScienceQA
+names every image `<split>/<pid>/image.png`.
 """
 
 from __future__ import annotations
@@ -28,19 +31,29 @@ from pathlib import Path, PurePosixPath
 from instructgen.errors import InputError
 from instructgen.files import read_text
 
-# `COCO_val2014_000000441147`, `000000441147`, `441147`: a split prefix, then the id.
-_COCO_STEM = re.compile(r"(?:COCO_[a-z]+\d{4}_)?(\d+)")
+# COCO's two file-name stems: `COCO_val2014_000000441147` (2014) and `000000441147` (2017).
+_COCO_STEM = re.compile(r"(?:COCO_[a-z]+\d{4}_)?(\d{12})")
+_BARE_ID = re.compile(r"\d+")
 _IMAGE_FIELDS = ("image", "file_name", "image_id")
 
 
 def image_key(name: str | int) -> str:
-    """The key that every spelling of one image shares: `coco:441147`, or the path as written."""
+    """The key that every spelling of one image shares: `coco:441147`, or the path as written.
+
+    A string is a COCO image only by COCO's file names; an int is a COCO image id.
+    """
     if isinstance(name, int):
         return f"coco:{name}"
     path = PurePosixPath(str(name).strip().replace("\\", "/"))
     stem = path.name.rsplit(".", 1)[0] if "." in path.name else path.name
     match = _COCO_STEM.fullmatch(stem)
     return f"coco:{int(match.group(1))}" if match else str(path)
+
+
+def listed_image_key(entry: str | int) -> str:
+    """`image_key` of an exclusion-list entry, where a bare id (`441147`) also names COCO."""
+    text = str(entry).strip()
+    return f"coco:{int(text)}" if _BARE_ID.fullmatch(text) else image_key(entry)
 
 
 def coco_id(key: str) -> int | None:
@@ -99,7 +112,7 @@ def _names_in(path: Path) -> Iterator[str]:
                 raise InputError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
             yield _image_of(obj, f"{path}:{lineno}")
         else:
-            yield image_key(entry)
+            yield listed_image_key(entry)
 
 
 def _image_of(obj: object, where: str) -> str:
@@ -107,5 +120,5 @@ def _image_of(obj: object, where: str) -> str:
         for field in _IMAGE_FIELDS:
             value = obj.get(field)
             if isinstance(value, str | int) and not isinstance(value, bool):
-                return image_key(value)
+                return listed_image_key(value) if field == "image_id" else image_key(value)
     raise InputError(f"{where}: names no image (no {', '.join(_IMAGE_FIELDS)} field)")
