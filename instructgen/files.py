@@ -19,6 +19,8 @@ os.umask(_UMASK)
 def require_file(path: Path) -> Path:
     """Return `path` if it is a readable file, else raise InputError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     return path

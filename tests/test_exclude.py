@@ -71,6 +71,17 @@ def test_question_pope_and_plain_list_files_name_the_same_image(tmp_path):
     assert exclusions.source("coco:441147") == questions  # the first file that names it
 
 
+def test_a_byte_order_mark_does_not_hide_the_first_id(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("441147\n139\n", encoding="utf-8-sig")  # as Windows Notepad saves it
+    assert read_exclusions([ids]).coco_ids() == {441147, 139}
+
+
+def test_a_folder_given_as_an_exclusion_file_is_an_error_saying_so(tmp_path):
+    with pytest.raises(InputError, match=rf"^{tmp_path}: is a folder; give a file$"):
+        read_exclusions([tmp_path])
+
+
 def test_a_file_naming_no_image_is_an_error(tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text(json.dumps({"question_id": 1, "text": "A dog."}) + "\n")
@@ -104,7 +115,7 @@ def test_limit_counts_images_after_the_exclusion(test_data, tmp_path):
 
 def test_coco_cli_prints_how_many_images_each_file_dropped(test_data, tmp_path):
     ids = tmp_path / "llava_bench_ids.txt"
-    ids.write_text("69468\n442450\n")
+    ids.write_text("69468\n")
     pope = tmp_path / "pope_random.jsonl"
     pope.write_text(json.dumps({"question_id": 1, "image": "COCO_val2014_000000442450.jpg"}))
     more = tmp_path / "more_ids.txt"
@@ -122,7 +133,7 @@ def test_coco_cli_prints_how_many_images_each_file_dropped(test_data, tmp_path):
         env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert f"excluded 2 images named in {ids}" in result.stderr
-    assert f"excluded 0 images named in {pope}" in result.stderr  # ids named it first
-    assert f"excluded 0 images named in {more}" in result.stderr
+    assert f"excluded 1 image named in {ids}" in result.stderr
+    assert f"excluded 1 image named in {pope}" in result.stderr
+    assert f"excluded 0 images named in {more}" in result.stderr  # ids named it first
     assert len(list(iter_jsonl(out))) == 1

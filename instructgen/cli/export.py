@@ -128,7 +128,8 @@ def export(
 
         s = run_export(data, output, make_writer, images, exclusions, val_fraction, seed, advance)
     for path, dropped in s.excluded.items():
-        console.print(f"excluded {dropped} records whose image is named in {path}")
+        records = "record whose image is" if dropped == 1 else "records whose image is"
+        console.print(f"excluded {dropped} {records} named in {path}")
     splits = ", ".join(f"{split} {n}" for split, n in sorted(s.rows.items()))
     mb = s.image_bytes / 1e6
     console.print(

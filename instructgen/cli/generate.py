@@ -68,7 +68,7 @@ def coco(
         n = len(s.no_captions)
         console.print(f"[yellow]{n} images have no captions[/yellow]: {shown}{more}")
     for path, dropped in s.excluded.items():
-        console.print(f"excluded {dropped} images named in {path}")
+        console.print(f"excluded {dropped} image{'' if dropped == 1 else 's'} named in {path}")
 
 
 @app.command()

@@ -92,7 +92,8 @@ def read_exclusions(paths: Iterable[Path]) -> Exclusions:
 
 
 def _names_in(path: Path) -> Iterator[str]:
-    text = read_text(path)
+    # Windows editors save lists with a byte-order mark, which would hide the first id
+    text = read_text(path).removeprefix("\ufeff")
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
