@@ -15,10 +15,12 @@ import yaml
 datasets = pytest.importorskip("datasets")
 
 from instructgen.client.journal import Journal, Outcome  # noqa: E402
+from instructgen.curate import export as export_module  # noqa: E402
 from instructgen.curate.export import (  # noqa: E402
     TRAIN,
     VALIDATION,
     export,
+    iter_json_array,
     message_parts,
 )
 from instructgen.curate.export_card import read_provenance  # noqa: E402
@@ -333,6 +335,8 @@ def test_missing_image_is_an_error_naming_the_record(test_data, tmp_path):
         (lambda r: r["conversations"][0].update(value="No token here"), "0 <image> tokens"),
         (lambda r: r.pop("image"), "1 <image> tokens, but the record has no image"),
         (lambda r: r["conversations"][1].update({"from": "human"}), "must be a gpt turn"),
+        (lambda r: r["conversations"].pop(), "ends with a human turn"),
+        (lambda r: r["conversations"][1].update(value=" \n"), r"\[1\]: an empty gpt turn"),
     ],
 )
 def test_a_record_a_trainer_would_trip_on_is_an_error(test_data, tmp_path, edit, message):
@@ -342,6 +346,50 @@ def test_a_record_a_trainer_would_trip_on_is_an_error(test_data, tmp_path, edit,
     before = {p.name for p in tmp_path.iterdir()}
     with pytest.raises(InputError, match=rf"record 3 \(id {rows[3]['id']}\): .*{message}"):
         export_hf(data, test_data / "train_images", tmp_path / "o")
+    assert_nothing_written(tmp_path, tmp_path / "o", before)
+
+
+def test_records_cut_by_the_read_chunk_are_read_whole(test_data, monkeypatch):
+    monkeypatch.setattr(export_module, "READ_CHUNK", 7)  # cuts strings, keys and numbers
+    items = [item for _, item, _ in iter_json_array(test_data / "train_instruct.json")]
+    assert items == records(test_data)
+
+
+def test_a_broken_record_fails_at_once_naming_it(test_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "READ_CHUNK", 4096)
+    rows = records(test_data)
+    text = json.dumps(rows[:2], indent=1).replace('"id":', '"id"', 1)  # record 0 is broken
+    broken = text[:-1] + "," + json.dumps(rows[2:], indent=1)[1:]
+    data = tmp_path / "data.json"
+    # the bytes after the first chunks are not UTF-8: reading on to them would fail otherwise
+    data.write_bytes(broken.encode() + b" " * 65536 + b"\xff\xfe]")
+    with pytest.raises(
+        InputError, match=r"data.json:3: invalid LLaVA JSON: record 0: Expecting ':'"
+    ):
+        list(iter_json_array(data))
+
+
+def test_absolute_image_paths_that_exist_need_no_images_folder(test_data, tmp_path):
+    rows = records(test_data)[:3]
+    for row in rows:
+        row["image"] = str(test_data / "train_images" / row["image"])
+    data = write_data(tmp_path, rows)
+    summary = export_hf(data, None, tmp_path / "hf")
+    assert summary.images == 3
+    source = (test_data / "train_images" / "000000183872.jpg").read_bytes()
+    assert load(tmp_path / "hf", tmp_path, decode=False)[0]["images"][0]["bytes"] == source
+    out = tmp_path / "lf"
+    export(data, out, lambda folder: LlamaFactoryWriter(folder, "abs"))
+    assert [r["images"] for r in check_like_llamafactory(out)] == [[r["image"]] for r in rows]
+    assert not (out / "images").exists()  # named where they are, not copied
+
+
+def test_a_val_fraction_that_leaves_train_empty_is_refused(test_data, tmp_path):
+    data = write_data(tmp_path, records(test_data)[:3])  # one image: all on one side
+    before = {p.name for p in tmp_path.iterdir()}
+    seed = next(s for s in range(100) if export_module.image_split("coco:183872", 0.5, s) != TRAIN)
+    with pytest.raises(InputError, match=r"--val-fraction 0.5: all 3 records went to validation"):
+        export_hf(data, test_data / "train_images", tmp_path / "o", val_fraction=0.5, seed=seed)
     assert_nothing_written(tmp_path, tmp_path / "o", before)
 
 

@@ -21,7 +21,9 @@ def export(
         ..., "--output", "-o", help="Folder to create; it must not exist or be empty."
     ),
     images: Path | None = typer.Option(
-        None, help="Folder the records' `image` paths are relative to (e.g. COCO train2017/)."
+        None,
+        help="Folder the records' `image` paths are relative to (e.g. COCO train2017/); "
+        "absolute `image` paths need none.",
     ),
     fmt: str = typer.Option(
         "hf",

@@ -8,8 +8,11 @@ one writer: `export_hf.py` (parquet shards + dataset card) or `export_llamafacto
 renamed to OUT at the end, so a failure leaves no OUT at all.
 
 A record's checks, each a red line naming the record: `conversations` alternate human and
-gpt turns, starting with human; a record with an `image` holds the `<image>` token exactly
-once, in a human turn; a record without one holds none; the image file exists.
+gpt turns, starting with human and ending with a gpt turn that is not empty (LLaMA-Factory
+drops a row with an odd number of turns; TRL has nothing to learn from it); a record with an
+`image` holds the `<image>` token exactly once, in a human turn; a record without one holds
+none; the image file exists (under --images, or at an absolute path, as LLaVA's loader
+accepts).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ FORMATS = ("hf", "llamafactory")
 TRAIN, VALIDATION = "train", "validation"
 ROLES = {"human": "user", "gpt": "assistant"}
 READ_CHUNK = 1 << 20  # bytes of DATA decoded at a time
+# A JSON error this close to the end of the buffer may be a record cut by the chunk boundary.
+CUT_MARGIN = 16  # characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +131,14 @@ def check_record(obj: object, where: str) -> ExportRecord:
             )
         if who == "gpt" and IMAGE_TOKEN in value:
             raise InputError(f"{where}: conversations[{n}]: {IMAGE_TOKEN} in a gpt turn")
+        if who == "gpt" and not value.strip():
+            raise InputError(f"{where}: conversations[{n}]: an empty gpt turn (nothing to learn)")
         messages.append(Message(ROLES[who], value))
+    if len(messages) % 2:
+        raise InputError(
+            f"{where}: ends with a human turn ({len(messages)} turns); a record must end with "
+            "the gpt answer (LLaMA-Factory drops such rows, TRL has nothing to learn)"
+        )
     tokens = sum(m.text.count(IMAGE_TOKEN) for m in messages)
     if tokens != (1 if image else 0):
         has = f"has image {image}" if image else "has no image"
@@ -201,9 +213,12 @@ def iter_json_array(path: Path) -> Iterator[tuple[int, object, int]]:
                         break
                     except json.JSONDecodeError as e:
                         newlines = buf.count("\n", pos, e.pos)
-                        if not fill():
+                        # only a record running into the buffer's end may be whole with more
+                        # text; anything else is broken, and reading on would load the file
+                        cut = e.pos >= len(buf) - CUT_MARGIN or e.msg.startswith("Unterminated")
+                        if not (cut and fill()):
                             line += newlines
-                            raise fail(e.msg) from None
+                            raise fail(f"record {index}: {e.msg}") from None
                 line += buf.count("\n", pos, end)
                 pos = end
                 yield index, item, raw.tell()
@@ -228,7 +243,12 @@ def check_output_folder(out: Path) -> None:
 
 
 def image_file(images: Path | None, image: str, where: str) -> Path:
-    """The file of a record's image under --images; a missing file raises InputError."""
+    """The file of a record's image under --images, or at its absolute path; a missing file
+    raises InputError."""
+    if Path(image).is_absolute():
+        if not Path(image).is_file():
+            raise InputError(f"{where}: image {image} not found")
+        return Path(image)
     if images is None:
         raise InputError(f"{where}: has image {image}; pass --images DIR")
     relative = PurePosixPath(image.replace("\\", "/"))
@@ -293,6 +313,11 @@ def export(
             dropped = sum(summary.excluded.values())
             why = f"all {dropped} were excluded" if dropped else "it holds no records"
             raise InputError(f"{data}: nothing to export ({why})")
+        if not summary.rows[TRAIN]:
+            raise InputError(
+                f"--val-fraction {val_fraction}: all {summary.rows[VALIDATION]} records went to "
+                "validation, leaving train empty; lower it or change --seed"
+            )
         writer.finish(summary)
         writer.close()
         folder.chmod(0o777 & ~_umask())

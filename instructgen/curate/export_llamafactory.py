@@ -11,7 +11,8 @@ A validation split is a second file and entry, `<name>_validation`.
 Every row holds as many `<image>` tokens as images (the check LLaMA-Factory's users trip on).
 Images are hard-linked under `OUT/images/` (copied where a link cannot be made, e.g. across
 file systems), and rows name them relative to OUT; LLaMA-Factory joins them to its
-`media_dir`, which defaults to `dataset_dir`, so `dataset_dir: OUT` finds them.
+`media_dir`, which defaults to `dataset_dir`, so `dataset_dir: OUT` finds them. An absolute
+`image` path stays as written and is not copied (the join keeps an absolute path).
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ def sharegpt_row(record: ExportRecord) -> dict:
     """One sharegpt row: messages with role/content (`<image>` kept), images under OUT."""
     return {
         "messages": [{"role": m.role, "content": m.text} for m in record.messages],
-        "images": [f"{IMAGES_DIR}/{record.image}"] if record.image else [],
+        "images": [_image_name(record.image)] if record.image else [],
     }
+
+
+def _image_name(image: str) -> str:
+    return image if Path(image).is_absolute() else f"{IMAGES_DIR}/{image}"
 
 
 def dataset_info_entry(file_name: str) -> dict:
@@ -75,7 +80,8 @@ class LlamaFactoryWriter:
         else:
             f.write(",\n")
         json.dump(sharegpt_row(record), f, ensure_ascii=False)
-        if image_path is not None and record.image not in self.linked:
+        absolute = record.image is not None and Path(record.image).is_absolute()
+        if image_path is not None and not absolute and record.image not in self.linked:
             self._place(image_path, self.folder / IMAGES_DIR / record.image)
             self.linked.add(record.image)
 
