@@ -19,6 +19,7 @@ from instructgen.eval.pope import (
     build_pope,
     question_text,
     read_pope_images,
+    read_pope_questions,
     says_no,
     score_pope,
     split_file,
@@ -245,6 +246,57 @@ def test_score_reads_one_file_and_splits_by_category(tmp_path):
     args = ["pope", "score", "--questions", str(both), "--answers", str(answers), "-o", str(out)]
     assert CliRunner().invoke(app, args).exit_code == 0
     assert list(json.loads(out.read_text())["splits"]) == ["random", "popular"]
+
+
+def test_a_split_with_no_answers_has_null_figures_and_is_left_out_of_the_average(tmp_path):
+    qdir, answers = hand_made(tmp_path)
+    line = {"question_id": 99, "image": "x.jpg", "text": "?", "category": "adversarial"}
+    (qdir / split_file("adversarial")).write_text(json.dumps(line | {"label": "no"}) + "\n")
+    out = tmp_path / "result.json"
+    args = ["pope", "score", "--questions", str(qdir), "--answers", str(answers), "-o", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    adversarial = r["splits"]["adversarial"]
+    assert (adversarial["n"], adversarial["missing"], adversarial["f1"]) == (0, 1, None)
+    assert r["average"]["splits"] == ["random", "popular"]
+    assert r["average"]["accuracy"] == pytest.approx((0.6 + 0.5) / 2)
+    assert "adversarial: no answers; left out of the average" in result.output
+    # at 80 columns the headers and the figures are whole
+    header = next(line for line in result.output.splitlines() if "precision" in line)
+    assert all(col in header for col in ("accuracy", "precision", "recall", "F1", "yes ratio"))
+    average = next(line for line in result.output.splitlines() if "average" in line)
+    assert [c.strip() for c in average.split("│")[3:8]] == ["55.0", "58.3", "83.3", "66.7", "80.0"]
+
+
+def test_f1_comes_from_the_unrounded_precision_and_recall():
+    # tp 1, fn 5: precision 1, recall 1/6; rounding recall first would give 0.2858
+    questions = [PopeQuestion(n, "random", True) for n in range(6)]
+    result = score_pope(questions, {0: "Yes"} | {n: "No" for n in range(1, 6)})
+    assert result["splits"]["random"]["f1"] == round(2 / 7, 4) == 0.2857
+
+
+def test_official_pope_files_take_the_split_from_their_name(tmp_path):
+    for first, split in ((1, "random"), (3, "popular")):
+        lines = [
+            {"question_id": n, "image": "COCO_val2014_000000310196.jpg", "text": "?", "label": a}
+            for n, a in ((first, "yes"), (first + 1, "no"))
+        ]
+        path = tmp_path / f"coco_pope_{split}.json"  # JSON Lines, named .json, no category
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    one = read_pope_questions(tmp_path / "coco_pope_popular.json")
+    assert [(q.question_id, q.split, q.label) for q in one] == [
+        (3, "popular", True),
+        (4, "popular", False),
+    ]
+    assert [q.split for q in read_pope_questions(tmp_path)] == ["popular"] * 2 + ["random"] * 2
+
+
+def test_a_line_with_no_category_in_a_file_naming_no_split_is_an_error(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "image": "x.jpg", "label": "yes"}) + "\n")
+    with pytest.raises(InputError, match=r"questions.jsonl:1: question 1 has no category, and"):
+        read_pope_questions(path)
 
 
 def test_a_missing_answer_is_never_a_yes():

@@ -110,7 +110,7 @@ def pope_score(
     The yes/no rule is LLaVA's: the words before the first period (commas dropped) containing
     "No", "no" or "not" mean no, anything else yes. Missing answers are listed, never scored.
     """
-    from instructgen.eval.pope import plot_pope, read_pope_questions, score_pope
+    from instructgen.eval.pope import METRICS, plot_pope, read_pope_questions, score_pope
     from instructgen.eval.records import read_answers
     from instructgen.files import write_json
 
@@ -123,22 +123,29 @@ def pope_score(
     plot = output.with_suffix(".png")
     plot_pope(result, plot)
     table = Table(title="POPE (%)", title_justify="left")
-    for col in ("split", "n", "accuracy", "precision", "recall", "F1", "yes ratio", "missing"):
-        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
+    table.add_column("split", overflow="fold")
+    for col in ("n", "accuracy", "precision", "recall", "F1", "yes ratio", "missing"):
+        # headers and figures whole at 80 columns: the split names fold instead
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
     rows = {**result["splits"], "average": result["average"]}
     for split, f in rows.items():
         table.add_row(
             split,
             str(f.get("n", "")),
-            *(f"{100 * f[k]:.1f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")),
+            *("-" if f[k] is None else f"{100 * f[k]:.1f}" for k in METRICS),
             str(f.get("missing", "")),
         )
     Console().print(table)
+    for split in result["splits"]:
+        if split not in result["average"]["splits"]:
+            console.print(f"[yellow]{split}: no answers; left out of the average[/yellow]")
     for name, value in result["published"].items():
         console.print(f"{name}: {value} (as published, not measured here)")
     if result["missing"]:
         console.print(
-            f"[yellow]{len(result['missing']):,} questions have no answer[/yellow] "
+            f"[yellow]{len(result['missing']):,} "
+            f"{'question has' if len(result['missing']) == 1 else 'questions have'} no answer"
+            "[/yellow] "
             f"(listed in {output})"
         )
     if len(every_answer) > len(texts):

@@ -15,6 +15,7 @@ positive class; a missing answer is listed and counted, never scored.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,11 +171,16 @@ class PopeQuestion:
     label: bool
 
 
+# The official POPE files name their split only in the file name: coco_pope_random.json.
+_SPLIT_IN_NAME = re.compile(r"(?:^|_)pope_([a-z]+)\.jsonl?$")
+
+
 def read_pope_questions(path: Path) -> list[PopeQuestion]:
-    """POPE questions from one file or a folder of pope_<split>.jsonl; split = `category`."""
+    """POPE questions from one file or a folder of pope_<split>.jsonl (or the official
+    coco_pope_<split>.json); split = the line's `category`, else the file name's split."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("pope_*.jsonl"))
+        files = sorted(p for p in path.glob("*pope_*.json*") if _SPLIT_IN_NAME.search(p.name))
         if not files:
             raise InputError(f"{path}: no pope_*.jsonl inside; run `instructgen pope build` first")
     else:
@@ -182,9 +188,11 @@ def read_pope_questions(path: Path) -> list[PopeQuestion]:
     questions: list[PopeQuestion] = []
     seen: dict[int | str, str] = {}
     for file in files:
+        named = _SPLIT_IN_NAME.search(file.name)
         for lineno, obj in iter_jsonl(file):
             where = f"{file}:{lineno}"
-            qid, label, split = obj.get("question_id"), obj.get("label"), obj.get("category")
+            qid, label = obj.get("question_id"), obj.get("label")
+            split = obj.get("category") or (named.group(1) if named else None)
             if isinstance(qid, bool) or not isinstance(qid, int | str):
                 raise InputError(f"{where}: missing question_id")
             if label not in ("yes", "no"):
@@ -192,7 +200,10 @@ def read_pope_questions(path: Path) -> list[PopeQuestion]:
                     f"{where}: question {qid!r}: label must be yes or no, not {label!r}"
                 )
             if not isinstance(split, str) or not split:
-                raise InputError(f"{where}: question {qid!r} has no category (its split)")
+                raise InputError(
+                    f"{where}: question {qid!r} has no category, and the file name names no "
+                    "split (pope_<split>.jsonl)"
+                )
             if qid in seen:
                 raise InputError(f"{where}: question_id {qid!r} already used ({seen[qid]})")
             seen[qid] = where
@@ -202,21 +213,28 @@ def read_pope_questions(path: Path) -> list[PopeQuestion]:
     return questions
 
 
+METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
 def _split_figures(tp: int, fp: int, tn: int, fn: int, missing: int) -> dict:
     n = tp + fp + tn + fn
 
     def ratio(a: int, b: int) -> float:
-        return round(a / b, 4) if b else 0.0
+        return a / b if b else 0.0
 
     precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-    f1 = round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0
-    return {
-        "n": n,
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    figures = {
         "accuracy": ratio(tp + tn, n),
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "yes_ratio": ratio(tp + fp, n),
+    }
+    return {
+        "n": n,
+        # a split with no answer has no figures: null, never a 0 that reads as measured
+        **{k: round(v, 4) if n else None for k, v in figures.items()},
         "missing": missing,
         "tp": tp,
         "fp": fp,
@@ -227,8 +245,9 @@ def _split_figures(tp: int, fp: int, tn: int, fn: int, missing: int) -> dict:
 
 def score_pope(questions: list[PopeQuestion], answers: dict[int | str, str]) -> dict:
     """result.json: per split n, accuracy, precision, recall, f1, yes_ratio (fractions in
-    [0, 1]; 0 where undefined) and missing; their average over the splits; the missing
-    question ids; the published figures (percent, as published)."""
+    [0, 1]; 0 where undefined, null for a split with no answer) and missing; their average
+    over the answered splits (named in `average.splits`); the missing question ids; the
+    published figures (percent, as published)."""
     counts: dict[str, Counter] = {}
     missing: list[int | str] = []
     for q in questions:
@@ -244,8 +263,12 @@ def score_pope(questions: list[PopeQuestion], answers: dict[int | str, str]) -> 
         s: _split_figures(*(counts[s][k] for k in ("tp", "fp", "tn", "fn", "missing")))
         for s in order
     }
-    keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")
-    average = {k: round(sum(splits[s][k] for s in order) / len(order), 4) for k in keys}
+    answered = [s for s in order if splits[s]["n"]]
+    average: dict = {
+        k: round(sum(splits[s][k] for s in answered) / len(answered), 4) if answered else None
+        for k in METRICS
+    }
+    average["splits"] = answered
     return {"splits": splits, "average": average, "missing": missing, "published": dict(PUBLISHED)}
 
 
@@ -258,12 +281,12 @@ def plot_pope(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     splits = list(result["splits"])
-    metrics = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    metrics = METRICS
     width = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(1.9 * len(splits) + 2.5, 4.2))
     for k, metric in enumerate(metrics):
         xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(splits))]
-        values = [result["splits"][s][metric] for s in splits]
+        values = [_or_nan(result["splits"][s][metric]) for s in splits]
         ax.bar(xs, values, width, label=metric.replace("_", " "), color=f"C{k}")
     for name, value in result.get("published", {}).items():
         ax.axhline(value / 100, color="0.3", linestyle="--", linewidth=1)
@@ -284,3 +307,7 @@ def plot_pope(result: dict, path: Path) -> None:
     with atomic_writer(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value  # no bar for a split with no answer
