@@ -170,6 +170,29 @@ def test_chair_command_writes_chair_json_with_the_issue_layout(tmp_path):
     assert json.loads(data.read_text())[1]["conversations"][turn]["value"][start:end] == "bears"
 
 
+def test_contexts_that_match_no_record_are_one_red_line_and_no_chair_json(tmp_path):
+    _, data = crafted(tmp_path)
+    out = tmp_path / "chair.json"
+    # real contexts of other images: a wrong --contexts must not pass as a perfect score
+    contexts = QA90 / "caps_boxes_coco2014_val_80.jsonl"
+    result = CliRunner().invoke(
+        app, ["chair", str(data), "--contexts", str(contexts), "-o", str(out)]
+    )
+    assert result.exit_code == 1
+    assert "none of its 3 records matches" in str(result.exception)
+    assert "3 no_context" in str(result.exception)
+    assert not out.exists()
+
+
+def test_a_cc3m_name_is_not_read_as_a_coco_image_id(tmp_path):
+    contexts = tmp_path / "contexts.jsonl"
+    context = {"image_id": 123, "file_name": "000000000123.jpg", "captions": ["A dog."]}
+    contexts.write_text(json.dumps(context | {"boxes": []}) + "\n")
+    truths = read_truths(contexts)
+    assert truths.of("COCO_val2014_000000000123.jpg") == {"dog"}
+    assert truths.of("GCC_train_000000123.jpg") is None
+
+
 def test_skip_negated_leaves_out_the_negated_mentions(tmp_path):
     contexts, data = crafted(tmp_path)
     out = tmp_path / "chair.json"
@@ -251,10 +274,14 @@ def test_stats_shows_the_chair_table(test_data, tmp_path):
         test_data / "build_contexts.jsonl",
         tmp_path,
     )
-    result = CliRunner().invoke(app, ["stats", str(tmp_path)], env={"COLUMNS": "160"})
+    result = CliRunner().invoke(app, ["stats", str(tmp_path)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert "CHAIR (hallucination)" in result.output
-    assert "CHAIR_i %" in result.output
+    # at 80 columns every header and figure is whole (rich would cut them to "CHAIR_…")
+    header = next(line for line in result.output.splitlines() if "CHAIR_i" in line)
+    assert all(col in header for col in ("CHAIR_s", "recall", "mentions", "hallucinated"))
+    assert "…" not in result.output
+    assert "CHAIR_i, CHAIR_s and recall in %" in result.output
 
 
 def test_report_groups_follow_the_pipeline_task_order():

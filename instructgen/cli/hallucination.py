@@ -60,9 +60,16 @@ def chair(
             if data.is_file() and data.suffix == ".jsonl":
                 raise InputError(f"{data}: an answers file needs --questions (to find each image)")
             report = chair_of_llava(data, truths, skip_negated)
+        figures = report.figures()
+        if not figures["overall"]["records"]:
+            skipped = sum(len(ids) for ids in report.skipped.values())
+            why = ", ".join(f"{len(ids):,} {reason}" for reason, ids in report.skipped.items())
+            raise InputError(
+                f"{data}: none of its {skipped:,} records matches {contexts} ({why or 'none'}); "
+                "pass the contexts.jsonl they were made from"
+            )
         with atomic_writer(output) as f:
             report.write(f, str(data))
-    figures = report.figures()
     Console().print(chair_table({"overall": figures["overall"], **figures["by_task"]}))
     console.print(f"[green]wrote[/green] {output}: {figures['overall']['records']:,} records")
     for reason, ids in report.skipped.items():

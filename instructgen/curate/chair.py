@@ -29,6 +29,7 @@ from instructgen.contracts import TASKS, split_custom_id
 from instructgen.curate.category_words import WORD_TO_CATEGORY
 from instructgen.errors import InputError
 from instructgen.files import iter_jsonl, read_json
+from instructgen.generate.exclude import coco_id, image_key
 
 # Words the published CHAIR lists know and `category_words` leaves out (which serves a
 # flag, not a metric), with their plurals written out.
@@ -330,17 +331,17 @@ def chair_table(figures: dict[str, dict], title: str = "CHAIR"):
     and recall in percent, and the counts."""
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for col in (
-        "group",
-        "CHAIR_i %",
-        "CHAIR_s %",
-        "recall %",
-        "mentions",
-        "hallucinated",
-        "records",
-    ):
-        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption="CHAIR_i, CHAIR_s and recall in %",
+        caption_justify="left",
+        show_edge=False,
+    )
+    # at 80 columns the headers and figures stay whole; a long group name folds instead
+    table.add_column("group", overflow="fold")
+    for col in ("CHAIR_i", "CHAIR_s", "recall", "mentions", "hallucinated", "records"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
@@ -422,9 +423,9 @@ class Truths:
 
 
 def _coco_id(name: str) -> int | None:
-    """The COCO image id in a file name (`COCO_val2014_000000441147.jpg` -> 441147)."""
-    digits = re.findall(r"\d+", Path(name).stem)
-    return int(digits[-1]) if digits else None
+    """The COCO image id of a COCO file name (`COCO_val2014_000000441147.jpg` -> 441147);
+    None for any other name (`GCC_train_000000123.jpg` is no COCO image)."""
+    return coco_id(image_key(name))
 
 
 def read_truths(path: Path) -> Truths:
