@@ -53,6 +53,19 @@ def test_a_hallucinated_word_is_marked_in_its_answer(client, tmp_path):
     assert "names 1 object mention absent from the image (horse)" in html
 
 
+def test_a_hyphenated_name_keeps_its_mark(tmp_path, test_data):
+    sources = copy_sources(test_data, tmp_path)
+    text = sources.records.read_text()
+    sources.records.write_text(text.replace("a horse stands", "a teddy-bear stands"))
+    chair = tmp_path / "chair.json"
+    args = ["chair", str(sources.records), "--contexts", str(sources.contexts), "-o", str(chair)]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    sources = store.Sources(sources.records, sources.contexts, sources.quarantine, chair)
+    imported(tmp_path / "review.sqlite", sources).close()
+    turn = view(tmp_path, RECORD).turns[5]
+    assert [t for t, c in turn.segments() if c] == ["teddy-bear"]
+
+
 def test_records_without_hallucination_have_no_mark(client):
     html = client.get("/records/coco-183872-conversation").text
     assert "<mark" not in html

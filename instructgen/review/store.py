@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -576,12 +577,16 @@ def get_record(conn: sqlite3.Connection, key: str) -> RecordView:
     )
 
 
+# CHAIR's matcher reads "teddy-bear" as "teddy bear": anything but letters parts words.
+_NOT_LETTERS = re.compile(r"[^a-z'’]+")
+
+
 def _marks_in(text: str, turn: int, marks: list) -> tuple[tuple[int, int, str], ...]:
     """The marks of one turn that still fit its text (an edit may have moved the words)."""
     return tuple(
         (start, end, category)
         for t, start, end, word, category in marks
-        if t == turn and text[start:end].lower().split() == word.split()
+        if t == turn and _NOT_LETTERS.sub(" ", text[start:end].lower()).split() == word.split()
     )
 
 
