@@ -73,9 +73,10 @@ def export(
     """LLaVA JSON -> the formats other trainers read: a Hugging Face dataset folder (TRL's
     SFTTrainer, axolotl, the Hub) or LLaMA-Factory's sharegpt files.
 
-    Every record is checked (turns alternate human/gpt; `<image>` exactly once when the
-    record has an image, never otherwise; the image file exists): bad input is one red line
-    and no OUT is left behind. Records are streamed; memory stays flat.
+    Every record is checked (turns alternate human/gpt and end with a non-empty gpt turn;
+    `<image>` exactly once when the record has an image, never otherwise; the image file
+    exists): bad input is one red line and no OUT is left behind. Records are streamed;
+    memory stays flat.
     """
     from rich.progress import (
         BarColumn,
