@@ -18,6 +18,7 @@ from train_tiny import (  # noqa: E402
     CHATML_DEFAULT_SYSTEM,
     _texts,
     build_chatml_tokenizer,
+    build_llama3_tokenizer,
     build_siglip_qwen2,
 )
 from transformers import (  # noqa: E402
@@ -37,6 +38,7 @@ from instructgen.train.data import (  # noqa: E402
     IGNORE,
     TrainRecord,
     Turn,
+    stop_token_ids,
     template_pieces,
     tokenize_pieces,
 )
@@ -223,6 +225,44 @@ def test_multi_turn_chatml_trains_each_answer_and_its_im_end_and_nothing_else(ch
     assert example.input_ids == want_ids
     assert example.labels == want_labels
     assert example.n_images == 1
+
+
+@pytest.fixture(scope="module")
+def llama3(test_data):
+    """A Llama-3-style tokenizer (eos `<|end_of_text|>`, turns ended by `<|eot_id|>`)."""
+    tokenizer = build_llama3_tokenizer(
+        _texts([test_data / "train_pretrain.json", test_data / "train_instruct.json"])
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
+def test_llama3_trains_each_answer_and_its_eot_id_not_the_eos_the_template_never_writes(llama3):
+    record = TrainRecord(
+        "r3",
+        ("a.jpg",),
+        (
+            Turn("human", f"{IMAGE_TOKEN}\nWhat does the picture show?"),
+            Turn("gpt", "A cat on a mat."),
+            Turn("human", "Can you say it another way?"),
+            Turn("gpt", "A dog."),
+        ),
+    )
+    image_id = llama3.convert_tokens_to_ids(IMAGE_TOKEN)
+    example = tokenize_pieces(
+        template_pieces(record, "chat", llama3), llama3, image_id, 3, 2048, bos=False
+    )
+
+    def ids(text: str) -> list[int]:
+        return llama3(text, add_special_tokens=False)["input_ids"]
+
+    eot = llama3.convert_tokens_to_ids("<|eot_id|>")
+    assert eot != llama3.eos_token_id
+    assert [t for t in example.labels if t != IGNORE] == (
+        ids("A cat on a mat.") + [eot] + ids("A dog.") + [eot]
+    )
+    assert llama3.eos_token_id not in example.input_ids
+    assert stop_token_ids(llama3, "chat") == [llama3.eos_token_id, eot]
 
 
 def test_the_chat_layout_is_the_tokenizers_own_rendering(chatml):

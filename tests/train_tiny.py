@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -44,6 +44,24 @@ CHATML_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+LLAMA3_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+# Llama 3's layout: bos, then per message a role header and the text ended by <|eot_id|>.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 
 
@@ -83,6 +101,30 @@ def build_chatml_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTraine
         additional_special_tokens=CHATML_SPECIALS[1:],
     )
     tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_llama3_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Llama 3's special tokens, whose eos (`<|end_of_text|>`)
+    is not the template's end of turn (`<|eot_id|>`), and which adds bos by default."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=LLAMA3_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator([*texts, "system user assistant"], trainer)
+    bos = LLAMA3_SPECIALS[0]
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, core.token_to_id(bos))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=bos, eos_token="<|end_of_text|>"
+    )
+    tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer
 
 

@@ -217,10 +217,18 @@ def _end_of_turn(after: str, tokenizer) -> int | None:
     """Length of the text after an answer up to and including the special token that ends
     the turn (`<|im_end|>`, `<|eot_id|>`, `</s>`), when only blanks come before it."""
     stripped = after.lstrip()
-    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+    for token in sorted(special_tokens(tokenizer), key=len, reverse=True):
         if token and token != IMAGE_TOKEN and stripped.startswith(token):
             return len(after) - len(stripped) + len(token)
     return None
+
+
+def special_tokens(tokenizer) -> set[str]:
+    """The tokenizer's special tokens: its named ones (bos, eos, ...) and every added token
+    marked special, which transformers 5 leaves out of `all_special_tokens` (Llama 3's
+    `<|eot_id|>` when eos is `<|end_of_text|>`, Phi-3's `<|end|>`)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    return set(tokenizer.all_special_tokens) | {t.content for t in added if t.special}
 
 
 def render_chat(
