@@ -41,6 +41,7 @@ from instructgen.train.data import (  # noqa: E402
     stop_token_ids,
     template_pieces,
     tokenize_pieces,
+    wants_bos,
 )
 from instructgen.train.loop import TrainConfig  # noqa: E402
 from instructgen.train.model import load_tokenizer  # noqa: E402
@@ -265,6 +266,30 @@ def test_llama3_trains_each_answer_and_its_eot_id_not_the_eos_the_template_never
     assert stop_token_ids(llama3, "chat") == [llama3.eos_token_id, eot]
 
 
+@pytest.mark.parametrize("writes_bos", [True, False])
+def test_a_chat_sequence_starts_with_exactly_one_bos_whether_the_template_writes_it_or_not(
+    llama3, writes_bos
+):
+    """The tokenizer adds bos by default; a template that leaves it out (llava-1.5-hf's,
+    Phi-3's) gets it prepended, as HF's processor does, and one that writes it gets no second."""
+    import copy
+
+    from train_tiny import LLAMA3_TEMPLATE
+
+    tokenizer = copy.deepcopy(llama3)
+    if not writes_bos:
+        tokenizer.chat_template = LLAMA3_TEMPLATE.removeprefix("{{ bos_token }}")
+    record = TrainRecord("r4", (), (Turn("human", "Why?"), Turn("gpt", "Because.")))
+    pieces = template_pieces(record, "chat", tokenizer)
+    assert pieces[0].text.startswith(tokenizer.bos_token) == writes_bos
+    example = tokenize_pieces(pieces, tokenizer, 0, 3, 2048, bos=wants_bos("chat", tokenizer))
+    assert example.input_ids[0] == tokenizer.bos_token_id
+    assert example.input_ids.count(tokenizer.bos_token_id) == 1
+    prompt = "".join(p.text for p in pieces)
+    hf_ids = tokenizer(prompt, add_special_tokens=not writes_bos)["input_ids"]
+    assert example.input_ids == hf_ids
+
+
 def test_the_chat_layout_is_the_tokenizers_own_rendering(chatml):
     record = TrainRecord("r2", (), (Turn("human", "Why?"), Turn("gpt", "Because.")))
     pieces = template_pieces(record, "chat", chatml)
@@ -325,7 +350,7 @@ def decoded_sequence(record: dict, template: str, tokenizer) -> str:
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     example = tokenize_pieces(
         template_pieces(parsed, template, tokenizer), tokenizer, image_id, 16, 2048,
-        bos=template != "chat",
+        bos=wants_bos(template, tokenizer),
     )  # fmt: skip
     ids = []
     for token in example.input_ids:

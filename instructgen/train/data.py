@@ -336,13 +336,24 @@ def tokenize_pieces(
 
     Each piece is tokenized on its own so that the label mask follows piece boundaries
     exactly. When the cut falls inside an image block, the sequence ends before that block and
-    the image is dropped from the example. `bos`: start with the tokenizer's bos token (a chat
-    template writes its own, so `chat` passes False).
+    the image is dropped from the example. `bos`: start with the tokenizer's bos token, unless
+    the text already does (a chat template that writes it); `wants_bos` says when.
     """
     [example] = tokenize_many(
         [pieces], tokenizer, image_token_id, tokens_per_image, max_length, bos
     )
     return example
+
+
+def wants_bos(template: str, tokenizer) -> bool:
+    """Whether a sequence starts with bos: always under `plain` and `v1` (the paper's layout);
+    under `chat` when the tokenizer adds one by default (`add_bos_token`, its post-processor),
+    as HF's processor does to the rendered prompt; `tokenize_many` adds none where the
+    template writes bos itself (Llama 3), so there is one either way."""
+    if template != "chat":
+        return True
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
 def tokenize_many(
@@ -367,12 +378,25 @@ def tokenize_many(
     ]
     encoded = iter(_encode(tokenizer, chunks))
     # Looked up once: each lookup goes through the tokenizer's vocabulary.
-    bos_id = tokenizer.bos_token_id if bos else None
+    bos_id, bos_text = (tokenizer.bos_token_id, tokenizer.bos_token) if bos else (None, None)
     eos = tokenizer.eos_token_id
     return [
-        _assemble(pieces, encoded, bos_id, eos, image_token_id, tokens_per_image, max_length)
+        _assemble(
+            pieces,
+            encoded,
+            None if _writes(pieces, bos_text) else bos_id,
+            eos,
+            image_token_id,
+            tokens_per_image,
+            max_length,
+        )
         for pieces in examples
     ]
+
+
+def _writes(pieces: Sequence[Piece], token: str | None) -> bool:
+    """Whether the text of `pieces` starts with `token` (a template that writes bos)."""
+    return bool(token) and bool(pieces) and pieces[0].text.startswith(token)
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -493,7 +517,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             self.image_token_id,
             self.tokens_per_image,
             self.max_length,
-            bos=self.template != "chat",
+            bos=wants_bos(self.template, self.tokenizer),
         )
         paths = [self.image_dir / name for name in record.images[: example.n_images]]
         return {

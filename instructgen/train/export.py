@@ -29,6 +29,7 @@ from instructgen.train.data import (
     load_pixels,
     stop_token_ids,
     tokenize_pieces,
+    wants_bos,
 )
 from instructgen.train.model import (
     Towers,
@@ -248,7 +249,7 @@ def answer(
         model.config.image_token_index,
         tokens_per_image(model.config.vision_config),
         max_length=10**9,
-        bos=meta.template != "chat",
+        bos=wants_bos(meta.template, tokenizer),
     )
     input_ids = torch.tensor([example.input_ids], device=model.device)
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}

@@ -19,6 +19,7 @@ from instructgen.train.data import (
     parse_records,
     template_pieces,
     tokenize_many,
+    wants_bos,
 )
 from instructgen.train.export import TrainedWith
 from instructgen.train.loop import (
@@ -290,7 +291,7 @@ def sequence_lengths(
 ) -> tuple[list[int], list[int]]:
     """Tokens per record (image tokens included, after the cut) and images each one keeps."""
     lengths, images = [], []
-    bos = template != "chat"
+    bos = wants_bos(template, tokenizer)
     for start in range(0, len(records), _TOKENIZE_CHUNK):
         chunk = [
             template_pieces(r, template, tokenizer, system)
