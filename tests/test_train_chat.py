@@ -566,6 +566,37 @@ def test_a_llava_folder_not_trained_here_is_prompted_in_its_own_chat_template(ch
     assert load_answerer(folder, torch.float32, "cpu", template="v1").template == "v1"
 
 
+@pytest.fixture(scope="module")
+def hub_llava(towers, tmp_path_factory):
+    from train_tiny import build_hub_llava
+
+    return build_hub_llava(tmp_path_factory.mktemp("hub"), *towers)
+
+
+def test_chat_asks_a_llava_folder_not_trained_here_in_its_own_template(hub_llava, test_data):
+    """`chat` answers as HF's own processor + generate does on that folder (llava-1.5's
+    template, no bos written, one added); `--template` overrides the folder's template."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    image, question = test_data / "train_images" / IMAGE, "What does the picture show?"
+    result = run("chat", "--model", str(hub_llava), "--image", str(image),
+                 "--max-new-tokens", "4", question)  # fmt: skip
+    processor = AutoProcessor.from_pretrained(hub_llava)
+    model = LlavaForConditionalGeneration.from_pretrained(hub_llava)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=Image.open(image), text=prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    expected = processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert expected and result.output.strip() == expected
+    run("chat", "--model", str(hub_llava), "--image", str(image), "--template", "v1",
+        "--max-new-tokens", "2", question)  # fmt: skip
+
+
 def test_grouped_batches_sharded_over_two_devices_keep_every_batch_whole():
     """accelerate deals the batches out to the devices; short ones must not be dropped or cut."""
     from accelerate.data_loader import BatchSamplerShard

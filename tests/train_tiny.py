@@ -232,3 +232,53 @@ def _texts(data_files: list[Path]) -> list[str]:
         for record in json.loads(path.read_text()):
             texts += [turn["value"] for turn in record["conversations"]]
     return texts
+
+
+# llava-1.5's layout as a processor chat template over typed parts: `USER: <image>\n<text> `
+# then `ASSISTANT:`; it writes no bos, which its Llama tokenizer adds by default.
+LLAVA15_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: "
+    "{% for part in message['content'] if part['type'] == 'image' %}<image>\n{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }} "
+    "{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def build_hub_llava(root: Path, vision_dir: Path, llm_dir: Path, seed: int = 0) -> Path:
+    """A LLaVA folder as one comes from the Hub (not trained here): the tiny CLIP and Llama in
+    a random `LlavaForConditionalGeneration` with a `LlavaProcessor` holding llava-1.5's chat
+    template, and a tokenizer that adds bos by default."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import (
+        AutoTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig.from_pretrained(vision_dir),
+        text_config=LlamaConfig.from_pretrained(llm_dir),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=16,
+    )
+    config.text_config.vocab_size = len(tokenizer)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor.from_pretrained(vision_dir),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA15_TEMPLATE,
+    )
+    folder = root / "hub-llava"
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

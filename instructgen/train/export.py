@@ -1,4 +1,5 @@
-"""What training leaves on disk, and how `chat` and stage 2 load it back.
+"""What training leaves on disk, and how stage 2 and `answer` / `chat` (eval/generate.py)
+load it back.
 
 Stage 1 writes `projector.safetensors` (the projector's weights only, as the paper's stage 1
 does) and `instructgen_train.json` (what it was trained with). Stage 2 writes a standard
@@ -25,18 +26,13 @@ from instructgen.errors import InputError
 from instructgen.files import atomic_writer, read_json, write_json
 from instructgen.train.data import (
     V1_SYSTEM,
-    chat_prompt_pieces,
-    load_pixels,
     stop_token_ids,
-    tokenize_pieces,
-    wants_bos,
 )
 from instructgen.train.model import (
     Towers,
     build_model,
     load_image_processor,
     load_tokenizer,
-    tokens_per_image,
 )
 from instructgen.train.towers import family_of
 
@@ -226,41 +222,3 @@ def load_folder_processor(directory: Path):
             processor.tokenizer.chat_template = processor.chat_template
         return processor.tokenizer, processor.image_processor
     return AutoTokenizer.from_pretrained(directory), AutoImageProcessor.from_pretrained(directory)
-
-
-@torch.no_grad()
-def answer(
-    model,
-    tokenizer,
-    processor,
-    meta: TrainedWith,
-    image: Path | None,
-    question: str,
-    max_new_tokens: int = 256,
-) -> str:
-    """Greedy answer of a trained model to `question` about `image` (prompted as in training)."""
-    # An exported model's tokenizer carries the processor's template, which takes typed parts.
-    typed = meta.stage == 2
-    example = tokenize_pieces(
-        chat_prompt_pieces(
-            question, meta.template, image is not None, tokenizer, meta.system, typed
-        ),
-        tokenizer,
-        model.config.image_token_index,
-        tokens_per_image(model.config.vision_config),
-        max_length=10**9,
-        bos=wants_bos(meta.template, tokenizer),
-    )
-    input_ids = torch.tensor([example.input_ids], device=model.device)
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if image is not None:
-        pixels = load_pixels([image], processor, meta.pad_to_square)
-        inputs["pixel_values"] = pixels.to(model.device, model.dtype)
-    out = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=stop_token_ids(tokenizer, meta.template),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
