@@ -145,6 +145,44 @@ print(json.dumps({{"prompt": prompt, "ids": inputs["input_ids"][0].tolist(),
     assert result["ids"] == prompt_text_ids(chat_run[1], "What does the picture show?")
 
 
+def test_the_export_keeps_the_system_message_and_the_square_padding_of_training(
+    pair, test_data, tmp_path
+):
+    """Trained with --system and --pad-to-square: HF's processor alone lays a conversation out
+    with that system message and pads the image as training did."""
+    from PIL import Image
+
+    from instructgen.train.data import chat_prompt_pieces, load_pixels
+    from instructgen.train.export import TrainedWith, export_model
+    from instructgen.train.model import Towers, build_model, load_image_processor
+
+    vision, llm = map(str, pair)
+    tokenizer = load_tokenizer(llm)
+    meta = TrainedWith(2, vision, llm, "linear", -2, "chat", True, "Look closely.", "siglip")
+    folder = tmp_path / "ckpt"
+    export_model(
+        build_model(Towers(vision, llm), tokenizer), tokenizer, load_image_processor(vision),
+        folder, meta,
+    )  # fmt: skip
+    processor = AutoProcessor.from_pretrained(folder)
+    question = "What does the picture show?"
+    parts = [{"type": "image"}, {"type": "text", "text": question}]
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": parts}], add_generation_prompt=True
+    )
+    trained = chat_prompt_pieces(question, "chat", True, tokenizer, "Look closely.")
+    assert prompt == "".join(p.text for p in trained)
+    assert "<|im_start|>system\nLook closely.<|im_end|>" in prompt
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": parts}]
+    assert "Look closely." not in processor.apply_chat_template(own)
+    image = test_data / "train_images" / IMAGE
+    assert Image.open(image).size[0] != Image.open(image).size[1]
+    pixels = processor(images=Image.open(image), text=prompt, return_tensors="pt")["pixel_values"]
+    padded = load_pixels([image], load_image_processor(vision), pad_to_square=True)
+    assert torch.equal(pixels, padded)
+    assert not torch.equal(pixels, load_pixels([image], load_image_processor(vision), False))
+
+
 def prompt_text_ids(folder: Path, question: str) -> list[int]:
     from instructgen.eval.generate import load_answerer, prompt_ids
 

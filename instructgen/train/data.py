@@ -467,7 +467,7 @@ def load_pixels(paths: Sequence[Path], image_processor, pad_to_square: bool) -> 
     if not paths:
         height, width = pixel_size(image_processor)
         return torch.zeros(0, 3, height, width)
-    fill = tuple(int(round(255 * m)) for m in image_processor.image_mean)
+    fill = tuple(int(255 * m) for m in image_processor.image_mean)  # as LLaVA pads
     images = []
     for path in paths:
         try:

@@ -92,16 +92,56 @@ _V1 = (
 )
 
 
-def processor_chat_template(template: str, tokenizer) -> str:
-    """The exported processor's chat template: the LLM tokenizer's own for `chat`, our Jinja
-    of `plain` or `v1` otherwise; each takes typed or plain string contents."""
+def _system_first(system: str) -> str:
+    """Jinja that puts `system` in front of a conversation that has no system message of its
+    own, as training (`--system`) did."""
+    return (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        "{%- set messages = [{'role': 'system', 'content': " + json.dumps(system) + "}]"
+        " + messages -%}{%- endif -%}"
+    )
+
+
+def processor_chat_template(template: str, tokenizer, system: str | None = None) -> str:
+    """The exported processor's chat template: the LLM tokenizer's own for `chat` (with the
+    `--system` message of training inserted where a conversation has none), our Jinja of
+    `plain` or `v1` otherwise; each takes typed or plain string contents."""
     if template == "chat":
         if not isinstance(tokenizer.chat_template, str):
             raise InputError(
                 "the tokenizer holds several named chat templates; the export needs one"
             )
-        return _TYPED_TO_TEXT + tokenizer.chat_template
+        return _TYPED_TO_TEXT + (_system_first(system) if system else "") + tokenizer.chat_template
     return _TYPED_TO_TEXT + (_PLAIN if template == "plain" else _V1)
+
+
+# The image processor settings a LlavaImageProcessor takes over from the tower's own.
+_IMAGE_SETTINGS = (
+    "do_resize",
+    "size",
+    "resample",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
+
+
+def exported_image_processor(image_processor, pad_to_square: bool):
+    """The image processor of the export: the tower's own, or with `--pad-to-square`
+    transformers' `LlavaImageProcessor` with its settings and `do_pad`, which pads to a square
+    on the mean colour before resizing exactly as `data.load_pixels` does."""
+    if not pad_to_square:
+        return image_processor
+    from transformers import LlavaImageProcessor
+
+    settings = image_processor.to_dict()
+    kept = {k: settings[k] for k in _IMAGE_SETTINGS if settings.get(k) is not None}
+    crop = bool(settings.get("do_center_crop"))  # SigLIP resizes to a square, crops nothing
+    return LlavaImageProcessor(**kept, do_center_crop=crop, do_pad=True)
 
 
 def read_trained_with(directory: Path) -> TrainedWith:
@@ -167,12 +207,12 @@ def export_model(
 
     family = family_of(model.config.vision_config.model_type, meta.vision)
     processor = LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=exported_image_processor(image_processor, meta.pad_to_square),
         tokenizer=tokenizer,
         patch_size=model.config.vision_config.patch_size,
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         num_additional_image_tokens=family.extra_tokens,
-        chat_template=processor_chat_template(meta.template, tokenizer),
+        chat_template=processor_chat_template(meta.template, tokenizer, meta.system),
         image_token=IMAGE_TOKEN,
     )
     # generate() then stops at the end of a turn with no argument, as for a model of the Hub.
