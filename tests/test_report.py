@@ -187,3 +187,39 @@ def test_a_malformed_file_is_one_red_line_naming_it(tmp_path, test_data):
     assert isinstance(result.exception, InputError)
     assert "eval/pope/result.json:1" in str(result.exception)
     assert not (run / "report.html").exists()  # nothing half-written
+
+
+def test_a_cut_short_last_line_of_the_train_log_is_left_out_with_a_note(tmp_path, test_data):
+    """A crash mid-write, or a report made while training: the lines before it are shown."""
+    run = make_run(test_data, tmp_path / "run")
+    with open(run / "stage2/train_log.jsonl", "a") as f:
+        f.write('{"step": 8, "epoch": 1.1, "lo')
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    html = (run / "report.html").read_text()
+    assert "stage2/train_log.jsonl: line 8 is cut short" in html
+    cells = {(c["data-src"], c["data-key"]): c["text"] for c in figures(html).cells}
+    assert cells[("stage2/train_log.jsonl", "6/step")] == "7"
+
+
+@pytest.mark.parametrize(
+    ("rel", "content"),
+    [
+        ("data/llava/stats.json", "[1, 2]"),
+        ("stage1/plan.json", '"a plan"'),
+        ("eval/judge/summary.json", '{"all": 5}'),
+        ("data/llava/llava_instruct.json", '{"id": 1}'),
+        ("eval/pope/result.json", '{"splits": {"random": {"n": "many"}}}'),
+        ("stage1/train_log.jsonl", '{"step": 1}\n[1, 2]\n{"step": 3}\n'),
+    ],
+)
+def test_a_wrongly_shaped_file_is_one_red_line_naming_it(tmp_path, test_data, rel, content):
+    from instructgen.errors import InputError
+
+    run = make_run(test_data, tmp_path / "run")
+    (run / "eval/questions.jsonl").write_text(json.dumps({"question_id": 1, "image": "a.jpg"}))
+    (run / rel).write_text(content)
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert isinstance(result.exception, InputError), result.exception
+    assert rel in str(result.exception)
+    assert not (run / "report.html").exists()

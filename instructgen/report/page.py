@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from instructgen.errors import InputError
 from instructgen.eval.pope import PUBLISHED as POPE_PUBLISHED
 from instructgen.files import atomic_writer
 from instructgen.report import plots
@@ -46,7 +47,13 @@ class Number:
     def text(self) -> str:
         if self.value is None:
             return "-"
-        return self.fmt.format(self.value if self.scale == 1 else self.value * self.scale)
+        try:
+            return self.fmt.format(self.value if self.scale == 1 else self.value * self.scale)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{self.source}: {self.key} is {self.value!r}, not a number as the step that "
+                "writes it makes; rewrite it with that step"
+            ) from None
 
 
 Cell = str | Number
@@ -187,7 +194,7 @@ def chair_table(doc: dict, rel: str, base: str, what: str) -> Table:
 def _estimate_rows(run: RunFolder, rel: str, what: str) -> list[list[Cell]]:
     from instructgen.generate.render import estimate_requests
 
-    est = estimate_requests(run.path(rel)).total
+    est = estimate_requests(run.open(rel)).total
     cells = [
         Number(getattr(est, f), rel, f"estimate/{f}", fmt)
         for f, fmt in (
@@ -296,7 +303,12 @@ def training_section(run: RunFolder, label: str) -> Section:
             f"{folder}/{src.TRAINED_WITH}",
         )
         has_log, has_plan, has_meta = (s.need(run, r) for r in (log_rel, plan_rel, meta_rel))
-        log = run.jsonl(log_rel) if has_log else []
+        log, cut = run.log(log_rel) if has_log else ([], None)
+        if cut is not None:
+            s.notes.append(
+                f"{log_rel}: line {cut} is cut short (a crash mid-write, or training still "
+                "running) and is left out."
+            )
         if log:
             s.blocks.append(_last_step(stage, log, log_rel, label))
             s.blocks.append(Plot(plots.training_curves(f"stage {stage}", log, label)))
@@ -380,7 +392,7 @@ def _overlap(run: RunFolder, s: Section, questions_rel: str, what: str) -> None:
     if not (run.has(questions_rel) and run.has(src.INSTRUCT)):
         return
     asked = {image_key(q["image"]) for q in run.jsonl(questions_rel) if q.get("image")}
-    trained = {image_key(r["image"]) for r in run.json(src.INSTRUCT) if r.get("image")}
+    trained = {image_key(r["image"]) for r in run.json(src.INSTRUCT, list) if r.get("image")}
     shared = len(asked & trained)
     if src.INSTRUCT not in s.reads:
         s.reads.append(src.INSTRUCT)
@@ -546,13 +558,27 @@ def build_sections(run_dir: Path) -> list[Section]:
     """The page's sections, each with the files it read and those it missed."""
     run = RunFolder(Path(run_dir))
     label = RANDOM_WEIGHTS_LABEL if run.has(src.RANDOM_WEIGHTS) else ""
-    return [
-        data_section(run),
-        cost_section(run),
-        training_section(run, label),
-        evaluation_section(run, label),
-        settings_section(run),
+    builders = [
+        lambda: data_section(run),
+        lambda: cost_section(run),
+        lambda: training_section(run, label),
+        lambda: evaluation_section(run, label),
+        lambda: settings_section(run),
     ]
+    return [_read_or_explain(run, build) for build in builders]
+
+
+def _read_or_explain(run: RunFolder, build) -> Section:
+    """A section, or an InputError naming the file whose content has another shape than
+    the one its step writes (a list where an object belongs, a string for a number)."""
+    try:
+        return build()
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        rel = run.opened[-1] if run.opened else "?"
+        raise InputError(
+            f"{run.path(rel)}: unexpected content ({type(e).__name__}: {e}); rewrite it with "
+            "the step that makes it"
+        ) from None
 
 
 def render_page(run_dir: Path, sections: list[Section]) -> str:
