@@ -223,3 +223,21 @@ def test_a_wrongly_shaped_file_is_one_red_line_naming_it(tmp_path, test_data, re
     assert isinstance(result.exception, InputError), result.exception
     assert rel in str(result.exception)
     assert not (run / "report.html").exists()
+
+
+def test_settings_name_the_model_that_answered_beside_the_one_requested(tmp_path, test_data):
+    run = make_run(test_data, tmp_path / "run")
+    CliRunner().invoke(app, ["report", str(run)])
+    html = (run / "report.html").read_text()
+    assert "<td>teacher model(s) requested (requests.jsonl)</td><td>gpt-4o</td>" in html
+    assert "gpt-4o-2024-08-06 (18 responses)</td>" in html  # a dated snapshot of gpt-4o
+    stats = json.loads((run / "data/llava/stats.json").read_text())
+    (run / "data/llava/stats.json").write_text(
+        json.dumps({**stats, "models": {"template-baseline": 18}})
+    )  # what a template-backend build counts
+    CliRunner().invoke(app, ["report", str(run)])
+    html = (run / "report.html").read_text()
+    assert (
+        "<td>teacher model(s) that answered (stats.json)</td><td>template-baseline "
+        "(18 responses); template-baseline is not a model requested (the template backend)"
+    ) in html

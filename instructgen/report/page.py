@@ -524,13 +524,21 @@ def _scienceqa(run: RunFolder, s: Section) -> None:
 def settings_section(run: RunFolder) -> Section:
     s = Section("settings", "Settings")
     rows: list[list[Cell]] = []
-    if s.need(run, src.REQUESTS):
-        requests = run.jsonl(src.REQUESTS)
-        models = sorted({str(r.get("body", {}).get("model")) for r in requests})
-        rows.append(["teacher model(s) (requests.jsonl)", ", ".join(models)])
-        for task, digest in src.prompt_hashes(requests).items():
-            rows.append([f"prompts/seeds hash, {task} (sha256 of system + seeds)", digest])
+    requests = run.jsonl(src.REQUESTS) if s.need(run, src.REQUESTS) else None
     stats = run.json(src.STATS) if s.need(run, src.STATS) else None
+    requested = sorted({str(r.get("body", {}).get("model")) for r in requests or []})
+    if requests is not None:
+        rows.append(["teacher model(s) requested (requests.jsonl)", ", ".join(requested)])
+    answered, where = _answered_by(run, s, stats)
+    if answered:
+        shown = ", ".join(f"{m} ({n:,} responses)" for m, n in answered.items())
+        # An API answers as a dated snapshot of the model asked for (gpt-4o-2024-08-06).
+        others = [m for m in answered if not any(m.startswith(r) for r in requested)]
+        if requested and others:
+            shown += f"; {', '.join(others)} is not a model requested (the template backend)"
+        rows.append([f"teacher model(s) that answered ({where})", shown])
+    for task, digest in src.prompt_hashes(requests or []).items():
+        rows.append([f"prompts/seeds hash, {task} (sha256 of system + seeds)", digest])
     if stats:
         rows.append(["build seed (stats.json)", _json_number(stats, src.STATS, "inputs/seed")])
     for stage, folder in src.STAGES.items():
@@ -552,6 +560,21 @@ def settings_section(run: RunFolder) -> Section:
     s.reads.append(f"{src.SETTINGS_DIR}/")
     s.blocks.append(Table("Models, prompts and seeds", ["setting", "value"], rows))
     return s
+
+
+def _answered_by(run: RunFolder, s: Section, stats: dict | None) -> tuple[dict[str, int], str]:
+    """Responses per model that answered: the build's count (stats.json `models`), else the
+    `model` of each line of responses.jsonl; ({}, "") when neither is there."""
+    if stats and isinstance(stats.get("models"), dict):
+        return stats["models"], "stats.json"
+    if not run.has(src.RESPONSES):
+        return {}, ""
+    s.reads.append(src.RESPONSES)
+    counts: dict[str, int] = {}
+    for line in run.jsonl(src.RESPONSES):
+        model = str(((line.get("response") or {}).get("body") or {}).get("model"))
+        counts[model] = counts.get(model, 0) + 1
+    return counts, "responses.jsonl"
 
 
 def build_sections(run_dir: Path) -> list[Section]:
