@@ -241,3 +241,24 @@ def test_settings_name_the_model_that_answered_beside_the_one_requested(tmp_path
         "<td>teacher model(s) that answered (stats.json)</td><td>template-baseline "
         "(18 responses); template-baseline is not a model requested (the template backend)"
     ) in html
+
+
+def test_the_plan_beside_what_was_used_shows_family_projector_and_feature_layer(run, page):
+    plan = json.loads((run / "stage2/plan.json").read_text())
+    used = json.loads((run / "stage2/instructgen_train.json").read_text())
+    for name in ("vision_family", "projector"):
+        assert f"<td>{name}</td><td>{plan[name]}</td><td>{used[name]}</td>" in page
+    cells = [
+        c
+        for c in figures(page).cells
+        if c["data-key"] == "feature_layer" and "stage2" in c["data-src"]
+    ]
+    assert {(c["data-src"], c["text"]) for c in cells} == {
+        ("stage2/plan.json", "-2"), ("stage2/instructgen_train.json", "-2"),
+    }  # fmt: skip
+    assert all(c["class"] == "n" for c in cells)  # right-aligned, as every number is
+
+
+def test_numbers_written_as_plain_text_are_right_aligned_too(page):
+    assert '<td class="n">83.1</td>' in page  # LLaVA-Bench published, conv
+    assert "<td>83.1</td>" not in page

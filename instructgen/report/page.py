@@ -7,6 +7,7 @@ sits (`data-src`, `data-key` in the HTML), so a reader, or a test, can check it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from instructgen.scienceqa.problems import PUBLISHED as SQA_PUBLISHED
 LLAVA_BENCH_PUBLISHED = {"conv": 83.1, "detail": 75.3, "complex": 96.5, "all": 85.1}
 POPE_SPLITS = ("random", "popular", "adversarial")
 POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+# A plain-text cell that is a number ("0", "85.9", "-2") or no number ("-"): right-aligned.
+NUMERIC_TEXT = re.compile(r"-|[-+]?[\d,]*\.?\d+%?")
 RANDOM_WEIGHTS_LABEL = "random weights: these figures come from a model with random weights"
 
 
@@ -339,8 +342,15 @@ def _plan_beside_used(
         elif used_key and state:
             used = _json_number(state, state_rel, used_key, fmt)
         rows.append([name, planned, used])
-    for name in ("vision", "llm", "template", "projector", "feature_layer"):
+    for name in ("vision", "llm", "vision_family", "template", "projector"):
         rows.append([name, str(plan.get(name, "-")), str(meta.get(name, "-"))])
+    rows.append(
+        [
+            "feature layer",
+            _json_number(plan, plan_rel, "feature_layer", "{}") if plan else "-",
+            _json_number(meta, meta_rel, "feature_layer", "{}") if meta else "-",
+        ]
+    )
     used_from = ", ".join(r for r in (meta_rel, log_rel, state_rel) if r)
     return Table(
         f"Stage {stage}: the plan (`train --dry-run`) beside what was used",
@@ -611,6 +621,7 @@ def render_page(run_dir: Path, sections: list[Section]) -> str:
         autoescape=select_autoescape(["html", "j2"]),
     )
     env.tests["figure"] = lambda cell: isinstance(cell, Number)
+    env.tests["numeric"] = lambda cell: bool(NUMERIC_TEXT.fullmatch(str(cell)))
     env.tests["plot"] = lambda block: isinstance(block, Plot)
     random_weights = RunFolder(Path(run_dir)).has(src.RANDOM_WEIGHTS)
     return env.get_template("report.html.j2").render(

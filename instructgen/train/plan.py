@@ -134,6 +134,8 @@ class Plan:
     vision: str
     llm: str
     vision_family: str  # towers.py's family: clip, siglip
+    projector: str  # linear or mlp2x_gelu
+    feature_layer: int  # the vision layer whose patch features are used
     template: str
     group_by_length: bool
     records: int
@@ -255,6 +257,8 @@ def plan_run(
         vision=meta.vision,
         llm=meta.llm,
         vision_family=meta.vision_family,
+        projector=meta.projector,
+        feature_layer=meta.feature_layer,
         template=meta.template,
         group_by_length=grouped,
         records=len(records),
