@@ -48,7 +48,7 @@ from instructgen.scienceqa.files import read_official  # noqa: E402
 from instructgen.scienceqa.problems import llava_record, parse_format  # noqa: E402
 from instructgen.train import loop  # noqa: E402
 from instructgen.train.batches import LengthGroupedBatches, record_length  # noqa: E402
-from instructgen.train.data import parse_records, template_pieces, tokenize_many  # noqa: E402
+from instructgen.train.data import parse_records, template_pieces, tokenize_many, wants_bos  # noqa: E402
 from instructgen.train.loop import LOG_FILE, TrainConfig, train  # noqa: E402
 from instructgen.train.model import load_tokenizer  # noqa: E402
 
@@ -117,7 +117,9 @@ def exact_lengths(records, llm: Path) -> list[int]:
     tokenizer = load_tokenizer(str(llm))
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     pieces = [template_pieces(r, "chat", tokenizer) for r in records]
-    examples = tokenize_many(pieces, tokenizer, image_id, IMAGE_TOKENS, 2048, bos=False)
+    examples = tokenize_many(
+        pieces, tokenizer, image_id, IMAGE_TOKENS, 2048, bos=wants_bos("chat", tokenizer)
+    )
     return [len(e.input_ids) for e in examples]
 
 

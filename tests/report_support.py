@@ -79,6 +79,7 @@ def plan(stage: int, records: int, steps: int) -> dict:
     return {
         "stage": stage, "setting": "projector only" if stage == 1 else "full stage 2",
         "vision": "openai/clip-vit-large-patch14-336", "llm": "lmsys/vicuna-7b-v1.5",
+        "vision_family": "clip", "projector": "mlp2x_gelu", "feature_layer": -2,
         "records": records, "epochs": 1 if stage == 1 else 3, "steps": steps,
         "global_batch": 128 if stage == 1 else 32, "micro_batch": 16, "accumulation": 1,
         "gpus": 8, "precision": "bf16", "gradient_checkpointing": True, "max_length": 2048,
@@ -98,6 +99,7 @@ def trained_with(stage: int) -> dict:
         "stage": stage, "vision": "openai/clip-vit-large-patch14-336",
         "llm": "lmsys/vicuna-7b-v1.5", "projector": "mlp2x_gelu", "feature_layer": -2,
         "template": "plain" if stage == 1 else "v1", "pad_to_square": False,
+        "vision_family": "clip",
     }  # fmt: skip
 
 

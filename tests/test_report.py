@@ -187,3 +187,78 @@ def test_a_malformed_file_is_one_red_line_naming_it(tmp_path, test_data):
     assert isinstance(result.exception, InputError)
     assert "eval/pope/result.json:1" in str(result.exception)
     assert not (run / "report.html").exists()  # nothing half-written
+
+
+def test_a_cut_short_last_line_of_the_train_log_is_left_out_with_a_note(tmp_path, test_data):
+    """A crash mid-write, or a report made while training: the lines before it are shown."""
+    run = make_run(test_data, tmp_path / "run")
+    with open(run / "stage2/train_log.jsonl", "a") as f:
+        f.write('{"step": 8, "epoch": 1.1, "lo')
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    html = (run / "report.html").read_text()
+    assert "stage2/train_log.jsonl: line 8 is cut short" in html
+    cells = {(c["data-src"], c["data-key"]): c["text"] for c in figures(html).cells}
+    assert cells[("stage2/train_log.jsonl", "6/step")] == "7"
+
+
+@pytest.mark.parametrize(
+    ("rel", "content"),
+    [
+        ("data/llava/stats.json", "[1, 2]"),
+        ("stage1/plan.json", '"a plan"'),
+        ("eval/judge/summary.json", '{"all": 5}'),
+        ("data/llava/llava_instruct.json", '{"id": 1}'),
+        ("eval/pope/result.json", '{"splits": {"random": {"n": "many"}}}'),
+        ("stage1/train_log.jsonl", '{"step": 1}\n[1, 2]\n{"step": 3}\n'),
+    ],
+)
+def test_a_wrongly_shaped_file_is_one_red_line_naming_it(tmp_path, test_data, rel, content):
+    from instructgen.errors import InputError
+
+    run = make_run(test_data, tmp_path / "run")
+    (run / "eval/questions.jsonl").write_text(json.dumps({"question_id": 1, "image": "a.jpg"}))
+    (run / rel).write_text(content)
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert isinstance(result.exception, InputError), result.exception
+    assert rel in str(result.exception)
+    assert not (run / "report.html").exists()
+
+
+def test_settings_name_the_model_that_answered_beside_the_one_requested(tmp_path, test_data):
+    run = make_run(test_data, tmp_path / "run")
+    CliRunner().invoke(app, ["report", str(run)])
+    html = (run / "report.html").read_text()
+    assert "<td>teacher model(s) requested (requests.jsonl)</td><td>gpt-4o</td>" in html
+    assert "gpt-4o-2024-08-06 (18 responses)</td>" in html  # a dated snapshot of gpt-4o
+    stats = json.loads((run / "data/llava/stats.json").read_text())
+    (run / "data/llava/stats.json").write_text(
+        json.dumps({**stats, "models": {"template-baseline": 18}})
+    )  # what a template-backend build counts
+    CliRunner().invoke(app, ["report", str(run)])
+    html = (run / "report.html").read_text()
+    assert (
+        "<td>teacher model(s) that answered (stats.json)</td><td>template-baseline "
+        "(18 responses); template-baseline is not a model requested (the template backend)"
+    ) in html
+
+
+def test_the_plan_beside_what_was_used_shows_family_projector_and_feature_layer(run, page):
+    plan = json.loads((run / "stage2/plan.json").read_text())
+    used = json.loads((run / "stage2/instructgen_train.json").read_text())
+    for name in ("vision_family", "projector"):
+        assert f"<td>{name}</td><td>{plan[name]}</td><td>{used[name]}</td>" in page
+    cells = [
+        c
+        for c in figures(page).cells
+        if c["data-key"] == "feature_layer" and "stage2" in c["data-src"]
+    ]
+    assert {(c["data-src"], c["text"]) for c in cells} == {
+        ("stage2/plan.json", "-2"), ("stage2/instructgen_train.json", "-2"),
+    }  # fmt: skip
+    assert all(c["class"] == "n" for c in cells)  # right-aligned, as every number is
+
+
+def test_numbers_written_as_plain_text_are_right_aligned_too(page):
+    assert '<td class="n">83.1</td>' in page  # LLaVA-Bench published, conv
+    assert "<td>83.1</td>" not in page

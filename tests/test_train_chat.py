@@ -18,6 +18,7 @@ from train_tiny import (  # noqa: E402
     CHATML_DEFAULT_SYSTEM,
     _texts,
     build_chatml_tokenizer,
+    build_llama3_tokenizer,
     build_siglip_qwen2,
 )
 from transformers import (  # noqa: E402
@@ -37,8 +38,10 @@ from instructgen.train.data import (  # noqa: E402
     IGNORE,
     TrainRecord,
     Turn,
+    stop_token_ids,
     template_pieces,
     tokenize_pieces,
+    wants_bos,
 )
 from instructgen.train.loop import TrainConfig  # noqa: E402
 from instructgen.train.model import load_tokenizer  # noqa: E402
@@ -142,6 +145,44 @@ print(json.dumps({{"prompt": prompt, "ids": inputs["input_ids"][0].tolist(),
     assert result["ids"] == prompt_text_ids(chat_run[1], "What does the picture show?")
 
 
+def test_the_export_keeps_the_system_message_and_the_square_padding_of_training(
+    pair, test_data, tmp_path
+):
+    """Trained with --system and --pad-to-square: HF's processor alone lays a conversation out
+    with that system message and pads the image as training did."""
+    from PIL import Image
+
+    from instructgen.train.data import chat_prompt_pieces, load_pixels
+    from instructgen.train.export import TrainedWith, export_model
+    from instructgen.train.model import Towers, build_model, load_image_processor
+
+    vision, llm = map(str, pair)
+    tokenizer = load_tokenizer(llm)
+    meta = TrainedWith(2, vision, llm, "linear", -2, "chat", True, "Look closely.", "siglip")
+    folder = tmp_path / "ckpt"
+    export_model(
+        build_model(Towers(vision, llm), tokenizer), tokenizer, load_image_processor(vision),
+        folder, meta,
+    )  # fmt: skip
+    processor = AutoProcessor.from_pretrained(folder)
+    question = "What does the picture show?"
+    parts = [{"type": "image"}, {"type": "text", "text": question}]
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": parts}], add_generation_prompt=True
+    )
+    trained = chat_prompt_pieces(question, "chat", True, tokenizer, "Look closely.")
+    assert prompt == "".join(p.text for p in trained)
+    assert "<|im_start|>system\nLook closely.<|im_end|>" in prompt
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": parts}]
+    assert "Look closely." not in processor.apply_chat_template(own)
+    image = test_data / "train_images" / IMAGE
+    assert Image.open(image).size[0] != Image.open(image).size[1]
+    pixels = processor(images=Image.open(image), text=prompt, return_tensors="pt")["pixel_values"]
+    padded = load_pixels([image], load_image_processor(vision), pad_to_square=True)
+    assert torch.equal(pixels, padded)
+    assert not torch.equal(pixels, load_pixels([image], load_image_processor(vision), False))
+
+
 def prompt_text_ids(folder: Path, question: str) -> list[int]:
     from instructgen.eval.generate import load_answerer, prompt_ids
 
@@ -225,6 +266,68 @@ def test_multi_turn_chatml_trains_each_answer_and_its_im_end_and_nothing_else(ch
     assert example.n_images == 1
 
 
+@pytest.fixture(scope="module")
+def llama3(test_data):
+    """A Llama-3-style tokenizer (eos `<|end_of_text|>`, turns ended by `<|eot_id|>`)."""
+    tokenizer = build_llama3_tokenizer(
+        _texts([test_data / "train_pretrain.json", test_data / "train_instruct.json"])
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
+def test_llama3_trains_each_answer_and_its_eot_id_not_the_eos_the_template_never_writes(llama3):
+    record = TrainRecord(
+        "r3",
+        ("a.jpg",),
+        (
+            Turn("human", f"{IMAGE_TOKEN}\nWhat does the picture show?"),
+            Turn("gpt", "A cat on a mat."),
+            Turn("human", "Can you say it another way?"),
+            Turn("gpt", "A dog."),
+        ),
+    )
+    image_id = llama3.convert_tokens_to_ids(IMAGE_TOKEN)
+    example = tokenize_pieces(
+        template_pieces(record, "chat", llama3), llama3, image_id, 3, 2048, bos=False
+    )
+
+    def ids(text: str) -> list[int]:
+        return llama3(text, add_special_tokens=False)["input_ids"]
+
+    eot = llama3.convert_tokens_to_ids("<|eot_id|>")
+    assert eot != llama3.eos_token_id
+    assert [t for t in example.labels if t != IGNORE] == (
+        ids("A cat on a mat.") + [eot] + ids("A dog.") + [eot]
+    )
+    assert llama3.eos_token_id not in example.input_ids
+    assert stop_token_ids(llama3, "chat") == [llama3.eos_token_id, eot]
+
+
+@pytest.mark.parametrize("writes_bos", [True, False])
+def test_a_chat_sequence_starts_with_exactly_one_bos_whether_the_template_writes_it_or_not(
+    llama3, writes_bos
+):
+    """The tokenizer adds bos by default; a template that leaves it out (llava-1.5-hf's,
+    Phi-3's) gets it prepended, as HF's processor does, and one that writes it gets no second."""
+    import copy
+
+    from train_tiny import LLAMA3_TEMPLATE
+
+    tokenizer = copy.deepcopy(llama3)
+    if not writes_bos:
+        tokenizer.chat_template = LLAMA3_TEMPLATE.removeprefix("{{ bos_token }}")
+    record = TrainRecord("r4", (), (Turn("human", "Why?"), Turn("gpt", "Because.")))
+    pieces = template_pieces(record, "chat", tokenizer)
+    assert pieces[0].text.startswith(tokenizer.bos_token) == writes_bos
+    example = tokenize_pieces(pieces, tokenizer, 0, 3, 2048, bos=wants_bos("chat", tokenizer))
+    assert example.input_ids[0] == tokenizer.bos_token_id
+    assert example.input_ids.count(tokenizer.bos_token_id) == 1
+    prompt = "".join(p.text for p in pieces)
+    hf_ids = tokenizer(prompt, add_special_tokens=not writes_bos)["input_ids"]
+    assert example.input_ids == hf_ids
+
+
 def test_the_chat_layout_is_the_tokenizers_own_rendering(chatml):
     record = TrainRecord("r2", (), (Turn("human", "Why?"), Turn("gpt", "Because.")))
     pieces = template_pieces(record, "chat", chatml)
@@ -285,7 +388,7 @@ def decoded_sequence(record: dict, template: str, tokenizer) -> str:
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     example = tokenize_pieces(
         template_pieces(parsed, template, tokenizer), tokenizer, image_id, 16, 2048,
-        bos=template != "chat",
+        bos=wants_bos(template, tokenizer),
     )  # fmt: skip
     ids = []
     for token in example.input_ids:
@@ -499,6 +602,37 @@ def test_a_llava_folder_not_trained_here_is_prompted_in_its_own_chat_template(ch
     assert own.template == "chat"
     assert prompt_ids(own, "Why?", has_image=True) == prompt_text_ids(chat_run[1], "Why?")
     assert load_answerer(folder, torch.float32, "cpu", template="v1").template == "v1"
+
+
+@pytest.fixture(scope="module")
+def hub_llava(towers, tmp_path_factory):
+    from train_tiny import build_hub_llava
+
+    return build_hub_llava(tmp_path_factory.mktemp("hub"), *towers)
+
+
+def test_chat_asks_a_llava_folder_not_trained_here_in_its_own_template(hub_llava, test_data):
+    """`chat` answers as HF's own processor + generate does on that folder (llava-1.5's
+    template, no bos written, one added); `--template` overrides the folder's template."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    image, question = test_data / "train_images" / IMAGE, "What does the picture show?"
+    result = run("chat", "--model", str(hub_llava), "--image", str(image),
+                 "--max-new-tokens", "4", question)  # fmt: skip
+    processor = AutoProcessor.from_pretrained(hub_llava)
+    model = LlavaForConditionalGeneration.from_pretrained(hub_llava)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=Image.open(image), text=prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    expected = processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert expected and result.output.strip() == expected
+    run("chat", "--model", str(hub_llava), "--image", str(image), "--template", "v1",
+        "--max-new-tokens", "2", question)  # fmt: skip
 
 
 def test_grouped_batches_sharded_over_two_devices_keep_every_batch_whole():

@@ -153,6 +153,11 @@ def test_a_7b_plan_from_config_only_folders_needs_no_weights(towers_7b, test_dat
         "total",
     }
     assert plan["image_tokens_per_sample"] == 576
+    assert (plan["vision_family"], plan["projector"], plan["feature_layer"]) == (
+        "clip",
+        "linear",
+        -2,
+    )
     assert plan["gpu_hours"] == pytest.approx(8 * plan["hours"])
     verdict = {(f["setting"], f["zero"], f["gpus"]): f["fits"] for f in plan["fits"]}
     assert verdict[("full stage 2", 0, 1)] is False

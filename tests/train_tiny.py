@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -44,6 +44,24 @@ CHATML_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+LLAMA3_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+# Llama 3's layout: bos, then per message a role header and the text ended by <|eot_id|>.
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] | trim }}<|eot_id|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 
 
@@ -83,6 +101,30 @@ def build_chatml_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTraine
         additional_special_tokens=CHATML_SPECIALS[1:],
     )
     tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_llama3_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Llama 3's special tokens, whose eos (`<|end_of_text|>`)
+    is not the template's end of turn (`<|eot_id|>`), and which adds bos by default."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=LLAMA3_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator([*texts, "system user assistant"], trainer)
+    bos = LLAMA3_SPECIALS[0]
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, core.token_to_id(bos))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=bos, eos_token="<|end_of_text|>"
+    )
+    tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer
 
 
@@ -190,3 +232,53 @@ def _texts(data_files: list[Path]) -> list[str]:
         for record in json.loads(path.read_text()):
             texts += [turn["value"] for turn in record["conversations"]]
     return texts
+
+
+# llava-1.5's layout as a processor chat template over typed parts: `USER: <image>\n<text> `
+# then `ASSISTANT:`; it writes no bos, which its Llama tokenizer adds by default.
+LLAVA15_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: "
+    "{% for part in message['content'] if part['type'] == 'image' %}<image>\n{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }} "
+    "{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def build_hub_llava(root: Path, vision_dir: Path, llm_dir: Path, seed: int = 0) -> Path:
+    """A LLaVA folder as one comes from the Hub (not trained here): the tiny CLIP and Llama in
+    a random `LlavaForConditionalGeneration` with a `LlavaProcessor` holding llava-1.5's chat
+    template, and a tokenizer that adds bos by default."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import (
+        AutoTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig.from_pretrained(vision_dir),
+        text_config=LlamaConfig.from_pretrained(llm_dir),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=16,
+    )
+    config.text_config.vocab_size = len(tokenizer)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor.from_pretrained(vision_dir),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA15_TEMPLATE,
+    )
+    folder = root / "hub-llava"
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

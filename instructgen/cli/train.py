@@ -255,21 +255,39 @@ def _show_samples(cfg, count: int) -> None:
 @app.command()
 def chat(
     question: str = typer.Argument(..., help="The question to ask about the image."),
-    model: Path = typer.Option(..., "--model", help="A folder written by `instructgen train`."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        help="A folder written by `instructgen train`, or any LlavaForConditionalGeneration "
+        "folder (a LLaVA model from the Hub).",
+    ),
     image: Path = typer.Option(None, "--image", help="The image file to ask about."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest answer, tokens."),
+    template: str | None = typer.Option(
+        None,
+        "--template",
+        help="plain, v1 or chat (the model's own chat template); default: the template it was "
+        "trained with (for a LLaVA folder not trained here: its own chat template if it has "
+        "one, else v1).",
+    ),
 ) -> None:
-    """Ask a trained model one question about one image (greedy decoding); prints the answer."""
+    """Ask a model one question about one image (greedy decoding), prompted as `answer`
+    prompts it; prints the answer."""
     _require_train_extra()
     import torch
 
+    from instructgen.eval.generate import generate_batch, load_answerer
+    from instructgen.eval.records import Question
     from instructgen.files import require_file
-    from instructgen.train.export import answer, load_trained
 
     if image is not None:
         require_file(image)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    loaded, tokenizer, processor, meta = load_trained(model, dtype)
-    if torch.cuda.is_available():
-        loaded = loaded.to("cuda")
-    print(answer(loaded, tokenizer, processor, meta, image, question, max_new_tokens))
+    cuda = torch.cuda.is_available()
+    answerer = load_answerer(
+        model, torch.bfloat16 if cuda else torch.float32, "cuda" if cuda else "cpu", template
+    )
+    asked = Question("chat", image.name if image else None, question, "chat")
+    [(text, _, _)] = generate_batch(
+        answerer, [asked], image.parent if image else None, max_new_tokens, temperature=0.0
+    )
+    print(text)

@@ -26,6 +26,7 @@ from instructgen.train.data import (
     require_chat_template,
     stop_token_ids,
     tokenize_pieces,
+    wants_bos,
 )
 from instructgen.train.export import META_FILE, load_folder_processor, load_trained
 from instructgen.train.model import tokens_per_image
@@ -107,7 +108,7 @@ def prompt_ids(answerer: Answerer, question: str, has_image: bool) -> list[int]:
         config.image_token_index,
         tokens_per_image(config.vision_config),
         max_length=10**9,
-        bos=answerer.template != "chat",
+        bos=wants_bos(answerer.template, answerer.tokenizer),
     )
     return example.input_ids
 

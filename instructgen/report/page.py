@@ -7,11 +7,13 @@ sits (`data-src`, `data-key` in the HTML), so a reader, or a test, can check it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from instructgen.errors import InputError
 from instructgen.eval.pope import PUBLISHED as POPE_PUBLISHED
 from instructgen.files import atomic_writer
 from instructgen.report import plots
@@ -25,6 +27,8 @@ from instructgen.scienceqa.problems import PUBLISHED as SQA_PUBLISHED
 LLAVA_BENCH_PUBLISHED = {"conv": 83.1, "detail": 75.3, "complex": 96.5, "all": 85.1}
 POPE_SPLITS = ("random", "popular", "adversarial")
 POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+# A plain-text cell that is a number ("0", "85.9", "-2") or no number ("-"): right-aligned.
+NUMERIC_TEXT = re.compile(r"-|[-+]?[\d,]*\.?\d+%?")
 RANDOM_WEIGHTS_LABEL = "random weights: these figures come from a model with random weights"
 
 
@@ -46,7 +50,13 @@ class Number:
     def text(self) -> str:
         if self.value is None:
             return "-"
-        return self.fmt.format(self.value if self.scale == 1 else self.value * self.scale)
+        try:
+            return self.fmt.format(self.value if self.scale == 1 else self.value * self.scale)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{self.source}: {self.key} is {self.value!r}, not a number as the step that "
+                "writes it makes; rewrite it with that step"
+            ) from None
 
 
 Cell = str | Number
@@ -187,7 +197,7 @@ def chair_table(doc: dict, rel: str, base: str, what: str) -> Table:
 def _estimate_rows(run: RunFolder, rel: str, what: str) -> list[list[Cell]]:
     from instructgen.generate.render import estimate_requests
 
-    est = estimate_requests(run.path(rel)).total
+    est = estimate_requests(run.open(rel)).total
     cells = [
         Number(getattr(est, f), rel, f"estimate/{f}", fmt)
         for f, fmt in (
@@ -296,7 +306,12 @@ def training_section(run: RunFolder, label: str) -> Section:
             f"{folder}/{src.TRAINED_WITH}",
         )
         has_log, has_plan, has_meta = (s.need(run, r) for r in (log_rel, plan_rel, meta_rel))
-        log = run.jsonl(log_rel) if has_log else []
+        log, cut = run.log(log_rel) if has_log else ([], None)
+        if cut is not None:
+            s.notes.append(
+                f"{log_rel}: line {cut} is cut short (a crash mid-write, or training still "
+                "running) and is left out."
+            )
         if log:
             s.blocks.append(_last_step(stage, log, log_rel, label))
             s.blocks.append(Plot(plots.training_curves(f"stage {stage}", log, label)))
@@ -327,8 +342,15 @@ def _plan_beside_used(
         elif used_key and state:
             used = _json_number(state, state_rel, used_key, fmt)
         rows.append([name, planned, used])
-    for name in ("vision", "llm", "template", "projector", "feature_layer"):
+    for name in ("vision", "llm", "vision_family", "template", "projector"):
         rows.append([name, str(plan.get(name, "-")), str(meta.get(name, "-"))])
+    rows.append(
+        [
+            "feature layer",
+            _json_number(plan, plan_rel, "feature_layer", "{}") if plan else "-",
+            _json_number(meta, meta_rel, "feature_layer", "{}") if meta else "-",
+        ]
+    )
     used_from = ", ".join(r for r in (meta_rel, log_rel, state_rel) if r)
     return Table(
         f"Stage {stage}: the plan (`train --dry-run`) beside what was used",
@@ -380,7 +402,7 @@ def _overlap(run: RunFolder, s: Section, questions_rel: str, what: str) -> None:
     if not (run.has(questions_rel) and run.has(src.INSTRUCT)):
         return
     asked = {image_key(q["image"]) for q in run.jsonl(questions_rel) if q.get("image")}
-    trained = {image_key(r["image"]) for r in run.json(src.INSTRUCT) if r.get("image")}
+    trained = {image_key(r["image"]) for r in run.json(src.INSTRUCT, list) if r.get("image")}
     shared = len(asked & trained)
     if src.INSTRUCT not in s.reads:
         s.reads.append(src.INSTRUCT)
@@ -512,13 +534,21 @@ def _scienceqa(run: RunFolder, s: Section) -> None:
 def settings_section(run: RunFolder) -> Section:
     s = Section("settings", "Settings")
     rows: list[list[Cell]] = []
-    if s.need(run, src.REQUESTS):
-        requests = run.jsonl(src.REQUESTS)
-        models = sorted({str(r.get("body", {}).get("model")) for r in requests})
-        rows.append(["teacher model(s) (requests.jsonl)", ", ".join(models)])
-        for task, digest in src.prompt_hashes(requests).items():
-            rows.append([f"prompts/seeds hash, {task} (sha256 of system + seeds)", digest])
+    requests = run.jsonl(src.REQUESTS) if s.need(run, src.REQUESTS) else None
     stats = run.json(src.STATS) if s.need(run, src.STATS) else None
+    requested = sorted({str(r.get("body", {}).get("model")) for r in requests or []})
+    if requests is not None:
+        rows.append(["teacher model(s) requested (requests.jsonl)", ", ".join(requested)])
+    answered, where = _answered_by(run, s, stats)
+    if answered:
+        shown = ", ".join(f"{m} ({n:,} responses)" for m, n in answered.items())
+        # An API answers as a dated snapshot of the model asked for (gpt-4o-2024-08-06).
+        others = [m for m in answered if not any(m.startswith(r) for r in requested)]
+        if requested and others:
+            shown += f"; {', '.join(others)} is not a model requested (the template backend)"
+        rows.append([f"teacher model(s) that answered ({where})", shown])
+    for task, digest in src.prompt_hashes(requests or []).items():
+        rows.append([f"prompts/seeds hash, {task} (sha256 of system + seeds)", digest])
     if stats:
         rows.append(["build seed (stats.json)", _json_number(stats, src.STATS, "inputs/seed")])
     for stage, folder in src.STAGES.items():
@@ -542,17 +572,46 @@ def settings_section(run: RunFolder) -> Section:
     return s
 
 
+def _answered_by(run: RunFolder, s: Section, stats: dict | None) -> tuple[dict[str, int], str]:
+    """Responses per model that answered: the build's count (stats.json `models`), else the
+    `model` of each line of responses.jsonl; ({}, "") when neither is there."""
+    if stats and isinstance(stats.get("models"), dict):
+        return stats["models"], "stats.json"
+    if not run.has(src.RESPONSES):
+        return {}, ""
+    s.reads.append(src.RESPONSES)
+    counts: dict[str, int] = {}
+    for line in run.jsonl(src.RESPONSES):
+        model = str(((line.get("response") or {}).get("body") or {}).get("model"))
+        counts[model] = counts.get(model, 0) + 1
+    return counts, "responses.jsonl"
+
+
 def build_sections(run_dir: Path) -> list[Section]:
     """The page's sections, each with the files it read and those it missed."""
     run = RunFolder(Path(run_dir))
     label = RANDOM_WEIGHTS_LABEL if run.has(src.RANDOM_WEIGHTS) else ""
-    return [
-        data_section(run),
-        cost_section(run),
-        training_section(run, label),
-        evaluation_section(run, label),
-        settings_section(run),
+    builders = [
+        lambda: data_section(run),
+        lambda: cost_section(run),
+        lambda: training_section(run, label),
+        lambda: evaluation_section(run, label),
+        lambda: settings_section(run),
     ]
+    return [_read_or_explain(run, build) for build in builders]
+
+
+def _read_or_explain(run: RunFolder, build) -> Section:
+    """A section, or an InputError naming the file whose content has another shape than
+    the one its step writes (a list where an object belongs, a string for a number)."""
+    try:
+        return build()
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        rel = run.opened[-1] if run.opened else "?"
+        raise InputError(
+            f"{run.path(rel)}: unexpected content ({type(e).__name__}: {e}); rewrite it with "
+            "the step that makes it"
+        ) from None
 
 
 def render_page(run_dir: Path, sections: list[Section]) -> str:
@@ -562,6 +621,7 @@ def render_page(run_dir: Path, sections: list[Section]) -> str:
         autoescape=select_autoescape(["html", "j2"]),
     )
     env.tests["figure"] = lambda cell: isinstance(cell, Number)
+    env.tests["numeric"] = lambda cell: bool(NUMERIC_TEXT.fullmatch(str(cell)))
     env.tests["plot"] = lambda block: isinstance(block, Plot)
     random_weights = RunFolder(Path(run_dir)).has(src.RANDOM_WEIGHTS)
     return env.get_template("report.html.j2").render(

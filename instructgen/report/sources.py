@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ INSTRUCT = "data/llava/llava_instruct.json"
 CHAIR = "data/llava/chair.json"  # a build's own; its figures are in stats.json too
 ANSWERS_CHAIR = "eval/chair.json"  # `chair` on the model's answers
 REQUESTS = "data/requests.jsonl"
+RESPONSES = "data/responses.jsonl"
 JOURNAL = "data/journal.sqlite"
 ANSWERS = "eval/answers.jsonl"
 QUESTIONS = "eval/questions.jsonl"  # a copy of the questions answered, for their categories
@@ -52,9 +53,13 @@ SPENT_SQL = {
 
 @dataclass(frozen=True)
 class RunFolder:
-    """A run folder: `path(rel)` for a file, `json(rel)` for its content (None when absent)."""
+    """A run folder: `path(rel)` for a file, `json(rel)` for its content (None when absent).
+
+    `opened` lists the files read so far, in order: the last one is the file to name when
+    its content turns out to have another shape than the report reads."""
 
     root: Path
+    opened: list[str] = field(default_factory=list, compare=False)
 
     def path(self, rel: str) -> Path:
         return self.root / rel
@@ -62,15 +67,54 @@ class RunFolder:
     def has(self, rel: str) -> bool:
         return self.path(rel).is_file()
 
-    def json(self, rel: str) -> Any:
-        return read_json(self.path(rel)) if self.has(rel) else None
+    def open(self, rel: str) -> Path:
+        """The path of a file about to be read, noted in `opened`."""
+        self.opened.append(rel)
+        return self.path(rel)
+
+    def json(self, rel: str, shape: type = dict) -> Any:
+        """The JSON document at `rel` (None when absent); one of another top-level `shape`
+        (a list where an object belongs) is an InputError naming the file."""
+        if not self.has(rel):
+            return None
+        doc = read_json(self.open(rel))
+        if not isinstance(doc, shape):
+            kind = "an object" if shape is dict else "a list"
+            raise InputError(
+                f"{self.path(rel)}: expected a JSON {kind} as the step that writes it makes, "
+                f"got {type(doc).__name__}; rewrite it with that step"
+            )
+        return doc
 
     def jsonl(self, rel: str) -> list[dict] | None:
-        return [obj for _, obj in iter_jsonl(self.path(rel))] if self.has(rel) else None
+        return [obj for _, obj in iter_jsonl(self.open(rel))] if self.has(rel) else None
+
+    def log(self, rel: str) -> tuple[list[dict], int | None]:
+        """The lines of a log that is appended to as a run goes (train_log.jsonl), and the
+        number of its last line when that one is cut short (a crash mid-write, or a report
+        made while training), which is left out; a bad line before it is an InputError."""
+        lines = self.open(rel).read_text(encoding="utf-8").splitlines()
+        numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+        rows: list[dict] = []
+        for k, (lineno, line) in enumerate(numbered):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                if k == len(numbered) - 1:
+                    return rows, lineno
+                raise InputError(
+                    f"{self.path(rel)}:{lineno}: invalid JSON: {e.msg} (column {e.colno})"
+                ) from None
+            if not isinstance(obj, dict):
+                raise InputError(
+                    f"{self.path(rel)}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
+            rows.append(obj)
+        return rows, None
 
     def query(self, rel: str, sql: str) -> Any:
         """One value of a read-only SQL query on a SQLite file of the run (the journal)."""
-        uri = f"{self.path(rel).resolve().as_uri()}?mode=ro"
+        uri = f"{self.open(rel).resolve().as_uri()}?mode=ro"
         try:
             with sqlite3.connect(uri, uri=True) as db:
                 return db.execute(sql).fetchone()[0]

@@ -217,10 +217,18 @@ def _end_of_turn(after: str, tokenizer) -> int | None:
     """Length of the text after an answer up to and including the special token that ends
     the turn (`<|im_end|>`, `<|eot_id|>`, `</s>`), when only blanks come before it."""
     stripped = after.lstrip()
-    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+    for token in sorted(special_tokens(tokenizer), key=len, reverse=True):
         if token and token != IMAGE_TOKEN and stripped.startswith(token):
             return len(after) - len(stripped) + len(token)
     return None
+
+
+def special_tokens(tokenizer) -> set[str]:
+    """The tokenizer's special tokens: its named ones (bos, eos, ...) and every added token
+    marked special, which transformers 5 leaves out of `all_special_tokens` (Llama 3's
+    `<|eot_id|>` when eos is `<|end_of_text|>`, Phi-3's `<|end|>`)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    return set(tokenizer.all_special_tokens) | {t.content for t in added if t.special}
 
 
 def render_chat(
@@ -328,13 +336,24 @@ def tokenize_pieces(
 
     Each piece is tokenized on its own so that the label mask follows piece boundaries
     exactly. When the cut falls inside an image block, the sequence ends before that block and
-    the image is dropped from the example. `bos`: start with the tokenizer's bos token (a chat
-    template writes its own, so `chat` passes False).
+    the image is dropped from the example. `bos`: start with the tokenizer's bos token, unless
+    the text already does (a chat template that writes it); `wants_bos` says when.
     """
     [example] = tokenize_many(
         [pieces], tokenizer, image_token_id, tokens_per_image, max_length, bos
     )
     return example
+
+
+def wants_bos(template: str, tokenizer) -> bool:
+    """Whether a sequence starts with bos: always under `plain` and `v1` (the paper's layout);
+    under `chat` when the tokenizer adds one by default (`add_bos_token`, its post-processor),
+    as HF's processor does to the rendered prompt; `tokenize_many` adds none where the
+    template writes bos itself (Llama 3), so there is one either way."""
+    if template != "chat":
+        return True
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
 def tokenize_many(
@@ -359,12 +378,25 @@ def tokenize_many(
     ]
     encoded = iter(_encode(tokenizer, chunks))
     # Looked up once: each lookup goes through the tokenizer's vocabulary.
-    bos_id = tokenizer.bos_token_id if bos else None
+    bos_id, bos_text = (tokenizer.bos_token_id, tokenizer.bos_token) if bos else (None, None)
     eos = tokenizer.eos_token_id
     return [
-        _assemble(pieces, encoded, bos_id, eos, image_token_id, tokens_per_image, max_length)
+        _assemble(
+            pieces,
+            encoded,
+            None if _writes(pieces, bos_text) else bos_id,
+            eos,
+            image_token_id,
+            tokens_per_image,
+            max_length,
+        )
         for pieces in examples
     ]
+
+
+def _writes(pieces: Sequence[Piece], token: str | None) -> bool:
+    """Whether the text of `pieces` starts with `token` (a template that writes bos)."""
+    return bool(token) and bool(pieces) and pieces[0].text.startswith(token)
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -435,7 +467,7 @@ def load_pixels(paths: Sequence[Path], image_processor, pad_to_square: bool) -> 
     if not paths:
         height, width = pixel_size(image_processor)
         return torch.zeros(0, 3, height, width)
-    fill = tuple(int(round(255 * m)) for m in image_processor.image_mean)
+    fill = tuple(int(255 * m) for m in image_processor.image_mean)  # as LLaVA pads
     images = []
     for path in paths:
         try:
@@ -485,7 +517,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             self.image_token_id,
             self.tokens_per_image,
             self.max_length,
-            bos=self.template != "chat",
+            bos=wants_bos(self.template, self.tokenizer),
         )
         paths = [self.image_dir / name for name in record.images[: example.n_images]]
         return {

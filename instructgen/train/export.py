@@ -1,4 +1,5 @@
-"""What training leaves on disk, and how `chat` and stage 2 load it back.
+"""What training leaves on disk, and how stage 2 and `answer` / `chat` (eval/generate.py)
+load it back.
 
 Stage 1 writes `projector.safetensors` (the projector's weights only, as the paper's stage 1
 does) and `instructgen_train.json` (what it was trained with). Stage 2 writes a standard
@@ -25,17 +26,13 @@ from instructgen.errors import InputError
 from instructgen.files import atomic_writer, read_json, write_json
 from instructgen.train.data import (
     V1_SYSTEM,
-    chat_prompt_pieces,
-    load_pixels,
     stop_token_ids,
-    tokenize_pieces,
 )
 from instructgen.train.model import (
     Towers,
     build_model,
     load_image_processor,
     load_tokenizer,
-    tokens_per_image,
 )
 from instructgen.train.towers import family_of
 
@@ -95,16 +92,56 @@ _V1 = (
 )
 
 
-def processor_chat_template(template: str, tokenizer) -> str:
-    """The exported processor's chat template: the LLM tokenizer's own for `chat`, our Jinja
-    of `plain` or `v1` otherwise; each takes typed or plain string contents."""
+def _system_first(system: str) -> str:
+    """Jinja that puts `system` in front of a conversation that has no system message of its
+    own, as training (`--system`) did."""
+    return (
+        "{%- if not messages or messages[0]['role'] != 'system' -%}"
+        "{%- set messages = [{'role': 'system', 'content': " + json.dumps(system) + "}]"
+        " + messages -%}{%- endif -%}"
+    )
+
+
+def processor_chat_template(template: str, tokenizer, system: str | None = None) -> str:
+    """The exported processor's chat template: the LLM tokenizer's own for `chat` (with the
+    `--system` message of training inserted where a conversation has none), our Jinja of
+    `plain` or `v1` otherwise; each takes typed or plain string contents."""
     if template == "chat":
         if not isinstance(tokenizer.chat_template, str):
             raise InputError(
                 "the tokenizer holds several named chat templates; the export needs one"
             )
-        return _TYPED_TO_TEXT + tokenizer.chat_template
+        return _TYPED_TO_TEXT + (_system_first(system) if system else "") + tokenizer.chat_template
     return _TYPED_TO_TEXT + (_PLAIN if template == "plain" else _V1)
+
+
+# The image processor settings a LlavaImageProcessor takes over from the tower's own.
+_IMAGE_SETTINGS = (
+    "do_resize",
+    "size",
+    "resample",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "do_convert_rgb",
+)
+
+
+def exported_image_processor(image_processor, pad_to_square: bool):
+    """The image processor of the export: the tower's own, or with `--pad-to-square`
+    transformers' `LlavaImageProcessor` with its settings and `do_pad`, which pads to a square
+    on the mean colour before resizing exactly as `data.load_pixels` does."""
+    if not pad_to_square:
+        return image_processor
+    from transformers import LlavaImageProcessor
+
+    settings = image_processor.to_dict()
+    kept = {k: settings[k] for k in _IMAGE_SETTINGS if settings.get(k) is not None}
+    crop = bool(settings.get("do_center_crop"))  # SigLIP resizes to a square, crops nothing
+    return LlavaImageProcessor(**kept, do_center_crop=crop, do_pad=True)
 
 
 def read_trained_with(directory: Path) -> TrainedWith:
@@ -170,12 +207,12 @@ def export_model(
 
     family = family_of(model.config.vision_config.model_type, meta.vision)
     processor = LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=exported_image_processor(image_processor, meta.pad_to_square),
         tokenizer=tokenizer,
         patch_size=model.config.vision_config.patch_size,
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         num_additional_image_tokens=family.extra_tokens,
-        chat_template=processor_chat_template(meta.template, tokenizer),
+        chat_template=processor_chat_template(meta.template, tokenizer, meta.system),
         image_token=IMAGE_TOKEN,
     )
     # generate() then stops at the end of a turn with no argument, as for a model of the Hub.
@@ -225,41 +262,3 @@ def load_folder_processor(directory: Path):
             processor.tokenizer.chat_template = processor.chat_template
         return processor.tokenizer, processor.image_processor
     return AutoTokenizer.from_pretrained(directory), AutoImageProcessor.from_pretrained(directory)
-
-
-@torch.no_grad()
-def answer(
-    model,
-    tokenizer,
-    processor,
-    meta: TrainedWith,
-    image: Path | None,
-    question: str,
-    max_new_tokens: int = 256,
-) -> str:
-    """Greedy answer of a trained model to `question` about `image` (prompted as in training)."""
-    # An exported model's tokenizer carries the processor's template, which takes typed parts.
-    typed = meta.stage == 2
-    example = tokenize_pieces(
-        chat_prompt_pieces(
-            question, meta.template, image is not None, tokenizer, meta.system, typed
-        ),
-        tokenizer,
-        model.config.image_token_index,
-        tokens_per_image(model.config.vision_config),
-        max_length=10**9,
-        bos=meta.template != "chat",
-    )
-    input_ids = torch.tensor([example.input_ids], device=model.device)
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if image is not None:
-        pixels = load_pixels([image], processor, meta.pad_to_square)
-        inputs["pixel_values"] = pixels.to(model.device, model.dtype)
-    out = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=stop_token_ids(tokenizer, meta.template),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True).strip()

@@ -19,6 +19,7 @@ from instructgen.train.data import (
     parse_records,
     template_pieces,
     tokenize_many,
+    wants_bos,
 )
 from instructgen.train.export import TrainedWith
 from instructgen.train.loop import (
@@ -133,6 +134,8 @@ class Plan:
     vision: str
     llm: str
     vision_family: str  # towers.py's family: clip, siglip
+    projector: str  # linear or mlp2x_gelu
+    feature_layer: int  # the vision layer whose patch features are used
     template: str
     group_by_length: bool
     records: int
@@ -254,6 +257,8 @@ def plan_run(
         vision=meta.vision,
         llm=meta.llm,
         vision_family=meta.vision_family,
+        projector=meta.projector,
+        feature_layer=meta.feature_layer,
         template=meta.template,
         group_by_length=grouped,
         records=len(records),
@@ -290,7 +295,7 @@ def sequence_lengths(
 ) -> tuple[list[int], list[int]]:
     """Tokens per record (image tokens included, after the cut) and images each one keeps."""
     lengths, images = [], []
-    bos = template != "chat"
+    bos = wants_bos(template, tokenizer)
     for start in range(0, len(records), _TOKENIZE_CHUNK):
         chunk = [
             template_pieces(r, template, tokenizer, system)

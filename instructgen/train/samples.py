@@ -18,6 +18,7 @@ from instructgen.train.data import (
     parse_records,
     template_pieces,
     tokenize_pieces,
+    wants_bos,
 )
 from instructgen.train.loop import TrainConfig, check_data
 from instructgen.train.model import tokens_per_image
@@ -58,7 +59,7 @@ def trained_samples(cfg: TrainConfig, count: int) -> list[Sample]:
             image_id,
             per_image,
             cfg.max_length,
-            bos=meta.template != "chat",
+            bos=wants_bos(meta.template, tokenizer),
         )
         samples.append(Sample(record.id, segments(example, tokenizer, image_id, per_image)))
     return samples
