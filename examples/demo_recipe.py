@@ -28,64 +28,29 @@ import random
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    SiglipImageProcessor,
-    SiglipVisionConfig,
-    SiglipVisionModel,
+from transformers import PreTrainedTokenizerFast
+
+from instructgen.train.tiny import (
+    CHATML_SPECIALS,
+    byte_tokenizer,
+    chatml_tokenizer,
+    save_llm,
+    save_vision_tower,
 )
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
-CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# ChatML, the layout of Qwen2-Instruct's own template: a default system turn when none is given.
-CHATML = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 SEED = 0
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-
-
-def byte_tokenizer(specials: list[str]) -> Tokenizer:
-    """One token per byte (GPT-2's byte alphabet), no merges, `specials` first."""
-    alphabet = specials + sorted(pre_tokenizers.ByteLevel.alphabet())
-    core = Tokenizer(models.BPE({s: i for i, s in enumerate(alphabet)}, [], unk_token=specials[0]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    return core
+LLM_WIDTH, LLM_POSITIONS = 64, 4096  # byte-level tokens: long sequences
 
 
 def clip_llama(out: Path) -> dict:
     """The paper's pair in miniature: CLIP (16 image tokens) + Llama, `v1` template."""
-    vision = CLIPVisionConfig(**TINY, num_attention_heads=2, image_size=32, patch_size=8)
-    CLIPVisionModel(vision).save_pretrained(out / "vision")
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(out / "vision")
+    save_vision_tower(out / "vision", "clip")
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=byte_tokenizer(SPECIALS),
         unk_token="<unk>", bos_token="<s>", eos_token="</s>",
     )  # fmt: skip
-    llm = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(llm).save_pretrained(out / "llm")
-    tokenizer.save_pretrained(out / "llm")
+    save_llm(out / "llm", "llama", tokenizer, LLM_WIDTH, LLM_POSITIONS)
     return {
         "vision": "CLIP ViT, 2 layers, hidden 32, 32x32 px, patch 8 (random weights)",
         "llm": "Llama, 2 layers, hidden 64, byte-level tokenizer (random weights)",
@@ -94,22 +59,9 @@ def clip_llama(out: Path) -> dict:
 
 def siglip_qwen2(out: Path) -> dict:
     """Today's pair in miniature: SigLIP (16 image tokens) + Qwen2 with a ChatML template."""
-    vision = SiglipVisionConfig(**TINY, num_attention_heads=2, image_size=32, patch_size=8)
-    SiglipVisionModel(vision).save_pretrained(out / "vision")
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out / "vision")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=byte_tokenizer(CHATML_SPECIALS),
-        eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=CHATML_SPECIALS[1:],
-    )  # fmt: skip
-    tokenizer.chat_template = CHATML
-    llm = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-        tie_word_embeddings=False, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    Qwen2ForCausalLM(llm).save_pretrained(out / "llm")
-    tokenizer.save_pretrained(out / "llm")
+    save_vision_tower(out / "vision", "siglip")
+    tokenizer = chatml_tokenizer(byte_tokenizer(CHATML_SPECIALS))
+    save_llm(out / "llm", "qwen2", tokenizer, LLM_WIDTH, LLM_POSITIONS)
     return {
         "vision": "SigLIP ViT, 2 layers, hidden 32, 32x32 px, patch 8 (random weights)",
         "llm": "Qwen2, 2 layers, hidden 64, byte-level tokenizer, ChatML template (random weights)",

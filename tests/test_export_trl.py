@@ -18,8 +18,6 @@ datasets = pytest.importorskip("datasets")
 from train_tiny import _texts, build_tokenizer  # noqa: E402
 from transformers import (  # noqa: E402
     CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
@@ -28,8 +26,8 @@ from transformers import (  # noqa: E402
 from instructgen.curate.export import export  # noqa: E402
 from instructgen.curate.export_card import Provenance  # noqa: E402
 from instructgen.curate.export_hf import HfWriter  # noqa: E402
+from instructgen.train.tiny import IMAGE_SIDE, PATCH, llm_config, vision_config  # noqa: E402
 
-IMAGE_SIDE, PATCH = 32, 8
 TOKENS_PER_IMAGE = (IMAGE_SIDE // PATCH) ** 2
 # A minimal chat template over typed parts: the image part becomes the processor's <image>.
 CHAT_TEMPLATE = (
@@ -55,23 +53,8 @@ def tiny_llava(test_data):
         chat_template=CHAT_TEMPLATE,
     )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=IMAGE_SIDE,
-            patch_size=PATCH,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-        ),
+        vision_config=vision_config("clip"),
+        text_config=llm_config("llama", tokenizer),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",

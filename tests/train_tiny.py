@@ -18,35 +18,22 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
-    CLIPVisionModel,
     LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    SiglipImageProcessor,
-    SiglipVisionConfig,
-    SiglipVisionModel,
 )
 
 from instructgen.train.data import V1_SYSTEM
+from instructgen.train.tiny import (
+    CHATML_DEFAULT_SYSTEM,
+    CHATML_SPECIALS,
+    chatml_tokenizer,
+    save_llm,
+    save_vision_tower,
+)
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
 TEMPLATE_TEXT = f"{V1_SYSTEM} USER: ASSISTANT: What does the picture show? a cat a dog"
-CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHATML_DEFAULT_SYSTEM = "You are a helpful assistant."
 CHATML_TEMPLATE_WORDS = f"system\n{CHATML_DEFAULT_SYSTEM}\nuser\nassistant\n"
-# ChatML as Qwen2-Instruct lays it out: a default system turn when none is given.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\n" + CHATML_DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 LLAMA3_SPECIALS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
@@ -94,14 +81,7 @@ def build_chatml_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTraine
         show_progress=False,
     )
     core.train_from_iterator([*texts, CHATML_TEMPLATE_WORDS], trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=CHATML_SPECIALS[1:],
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+    return chatml_tokenizer(core)
 
 
 def build_llama3_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
@@ -131,68 +111,15 @@ def build_llama3_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTraine
 def build_siglip_qwen2(root: Path, data_files: list[Path], seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny SigLIP vision tower and a tiny Qwen2 (+ ChatML tokenizer) under `root`."""
     torch.manual_seed(seed)
-    vision_dir, llm_dir = root / "siglip", root / "qwen2"
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    SiglipVisionModel(vision).save_pretrained(vision_dir)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vision_dir)
-    tokenizer = build_chatml_tokenizer(_texts(data_files))
-    llm = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    Qwen2ForCausalLM(llm).save_pretrained(llm_dir)
-    tokenizer.save_pretrained(llm_dir)
-    return vision_dir, llm_dir
+    vision_dir = save_vision_tower(root / "siglip", "siglip")
+    return vision_dir, save_llm(root / "qwen2", "qwen2", build_chatml_tokenizer(_texts(data_files)))
 
 
 def build_towers(root: Path, data_files: list[Path], seed: int = 0) -> tuple[Path, Path]:
     """Save a tiny CLIP vision tower and a tiny Llama (+ tokenizer) under `root`."""
     torch.manual_seed(seed)
-    texts = _texts(data_files)
-    vision_dir, llm_dir = root / "vision", root / "llm"
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    CLIPVisionModel(vision).save_pretrained(vision_dir)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(vision_dir)
-    tokenizer = build_tokenizer(texts)
-    llm = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(llm).save_pretrained(llm_dir)
-    tokenizer.save_pretrained(llm_dir)
-    return vision_dir, llm_dir
+    vision_dir = save_vision_tower(root / "vision", "clip")
+    return vision_dir, save_llm(root / "llm", "llama", build_tokenizer(_texts(data_files)))
 
 
 def write_config_only_towers(root: Path, data_files: list[Path]) -> tuple[Path, Path]:
