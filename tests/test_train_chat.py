@@ -213,6 +213,19 @@ def test_chat_command_runs_on_the_chat_model(chat_run, test_data):
 # --- the loss mask of a ChatML conversation, token by token ---
 
 
+# Two questions about one image, and their answers.
+TWO_ANSWERS = TrainRecord(
+    "r1",
+    ("a.jpg",),
+    (
+        Turn("human", f"{IMAGE_TOKEN}\nWhat does the picture show?"),
+        Turn("gpt", "A cat on a mat."),
+        Turn("human", "Can you say it another way?"),
+        Turn("gpt", "A dog."),
+    ),
+)
+
+
 @pytest.fixture(scope="module")
 def chatml(test_data):
     """The ChatML tokenizer as `train` loads it (`<image>` added), no model needed."""
@@ -224,16 +237,7 @@ def chatml(test_data):
 
 
 def test_multi_turn_chatml_trains_each_answer_and_its_im_end_and_nothing_else(chatml):
-    record = TrainRecord(
-        "r1",
-        ("a.jpg",),
-        (
-            Turn("human", f"{IMAGE_TOKEN}\nWhat does the picture show?"),
-            Turn("gpt", "A cat on a mat."),
-            Turn("human", "Can you say it another way?"),
-            Turn("gpt", "A dog."),
-        ),
-    )
+    record = TWO_ANSWERS
     image_id = chatml.convert_tokens_to_ids(IMAGE_TOKEN)
     example = tokenize_pieces(
         template_pieces(record, "chat", chatml, system="Look closely."),
@@ -277,16 +281,7 @@ def llama3(test_data):
 
 
 def test_llama3_trains_each_answer_and_its_eot_id_not_the_eos_the_template_never_writes(llama3):
-    record = TrainRecord(
-        "r3",
-        ("a.jpg",),
-        (
-            Turn("human", f"{IMAGE_TOKEN}\nWhat does the picture show?"),
-            Turn("gpt", "A cat on a mat."),
-            Turn("human", "Can you say it another way?"),
-            Turn("gpt", "A dog."),
-        ),
-    )
+    record = TWO_ANSWERS
     image_id = llama3.convert_tokens_to_ids(IMAGE_TOKEN)
     example = tokenize_pieces(
         template_pieces(record, "chat", llama3), llama3, image_id, 3, 2048, bos=False
