@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import yaml
-
-datasets = pytest.importorskip("datasets")
 
 from instructgen.client.journal import Journal, Outcome  # noqa: E402
 from instructgen.curate import export as export_module  # noqa: E402

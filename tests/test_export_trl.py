@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 
+import datasets
 import pytest
 
 pytestmark = pytest.mark.train
-torch = pytest.importorskip("torch")
-trl = pytest.importorskip("trl")
-datasets = pytest.importorskip("datasets")
+torch = pytest.importorskip("torch", reason="needs the [train] extra: make install-train")
+trl = pytest.importorskip("trl", reason="needs the [train] extra: make install-train")
 
 from train_tiny import _texts, build_tokenizer  # noqa: E402
 from transformers import (  # noqa: E402

@@ -148,7 +148,7 @@ def test_the_2026_demo_pair_trains_stage_2_with_the_llm_chat_template(tmp_path):
 def test_demo_recipe_runs_then_does_nothing_and_a_touched_seed_reruns_generation_onward(
     tmp_path,
 ):
-    pytest.importorskip("transformers")
+    pytest.importorskip("transformers", reason="needs the [train] extra: make install-train")
     checkout = tmp_path / "checkout"
     for part in ("Makefile", "prompts", "seeds", "examples", "configs", "tests/data"):
         copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs the [train] extra: make install-train")
+pytest.importorskip("transformers", reason="needs the [train] extra: make install-train")
 
 from train_tiny import (  # noqa: E402
     CHATML_DEFAULT_SYSTEM,
