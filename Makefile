@@ -147,8 +147,8 @@ test: install
 	$(BIN)/pytest -q
 
 lint: install
-	$(BIN)/ruff check instructgen tests benchmarks
-	$(BIN)/ruff format --check instructgen tests benchmarks
+	$(BIN)/ruff check instructgen tests benchmarks examples
+	$(BIN)/ruff format --check instructgen tests benchmarks examples
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
