@@ -127,13 +127,16 @@ def test_a_7b_plan_from_config_only_folders_needs_no_weights(towers_7b, test_dat
     args += ["--images", str(test_data / "train_images"), "-o", str(tmp_path)]
     args += ["--vision", str(vision), "--llm", str(llm), "--dry-run", "--gpus", "8"]
     args += ["--gpu-tflops", "989", "--mfu", "0.4"]
+    # VmHWM is the peak of this process's own memory; ru_maxrss would count the pytest
+    # process too, whose peak a child inherits through fork and exec.
     code = (
-        "import resource, sys\n"
+        "import re, sys\n"
         f"sys.argv = ['instructgen', *{args!r}]\n"
         "from instructgen.cli import main\n"
         "try:\n    main()\n"
         "finally:\n"
-        "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    rss = re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)\n"
         "    print('maxrss_kb', rss, file=sys.stderr)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
