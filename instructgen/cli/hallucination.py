@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from instructgen.cli.app import app, console
-from instructgen.curate.chair import chair_table
 from instructgen.errors import InputError
 
 
@@ -44,7 +43,13 @@ def chair(
     chair.json holds fractions in [0, 1] (`overall`, `by_task`) and, per record, its
     hallucinated and mentioned objects as [word, category].
     """
-    from instructgen.curate.chair import ChairReport, chair_of_llava, read_truths, score_answers
+    from instructgen.curate.chair import (
+        ChairReport,
+        chair_of_llava,
+        chair_table,
+        read_truths,
+        score_answers,
+    )
     from instructgen.files import atomic_writer
 
     with console.status("scoring CHAIR"):
