@@ -65,6 +65,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def first_answer(url: str, seconds: float = 20):
+    """GET `url` of a server that is still starting: its first response, within `seconds`."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, "the page never answered"
+            time.sleep(0.1)
+
+
 @contextmanager
 def live_server(db: Path, images: Path | None) -> Iterator[str]:
     """The real app under uvicorn on a free 127.0.0.1 port, in a thread; yields its URL."""

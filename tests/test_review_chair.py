@@ -127,10 +127,8 @@ def test_review_reads_the_chair_json_beside_the_records(sources, tmp_path):
     """As `build` leaves them: chair.json in the records' folder, no --chair needed."""
     import subprocess
     import sys
-    import time
 
-    import httpx
-    from review_support import free_port
+    from review_support import first_answer, free_port
 
     port = free_port()
     command = [
@@ -141,14 +139,7 @@ def test_review_reads_the_chair_json_beside_the_records(sources, tmp_path):
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         assert f"CHAIR marks from {tmp_path / 'chair.json'}" in server.stderr.readline()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/records/{RECORD}", timeout=2)
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline, "the page never answered"
-                time.sleep(0.1)
+        page = first_answer(f"http://127.0.0.1:{port}/records/{RECORD}")
         assert '<mark class="hallucinated"' in page.text
     finally:
         server.terminate()

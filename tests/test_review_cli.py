@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
-import httpx
-from review_support import copy_sources, free_port, imported
+from review_support import copy_sources, first_answer, free_port, imported
 from typer.testing import CliRunner
 
 from instructgen.cli import app
@@ -31,14 +29,7 @@ def test_review_file_starts_the_page_and_prints_its_url(tmp_path, test_data):
         lines = [server.stderr.readline(), server.stderr.readline()]
         assert "10 records and 2 quarantined imported" in lines[0]
         assert f"http://127.0.0.1:{port}/" in lines[1]
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline, "the page never answered"
-                time.sleep(0.1)
+        page = first_answer(f"http://127.0.0.1:{port}/")
         assert page.status_code == 200 and "coco-70133-conversation" in page.text
     finally:
         server.terminate()
