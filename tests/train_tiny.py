@@ -68,35 +68,33 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
-def build_chatml_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (`vocab_size` tokens, trained on `texts`) with Qwen2's ChatML
-    special tokens and chat template; saved beside a Qwen2 config it loads as `Qwen2Tokenizer`."""
+def byte_level_bpe(texts: list[str], specials: list[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE core of `vocab_size` tokens trained on `texts`, `specials` first."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=CHATML_SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator([*texts, CHATML_TEMPLATE_WORDS], trainer)
-    return chatml_tokenizer(core)
+    core.train_from_iterator(texts, trainer)
+    return core
+
+
+def build_chatml_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (`vocab_size` tokens, trained on `texts`) with Qwen2's ChatML
+    special tokens and chat template; saved beside a Qwen2 config it loads as `Qwen2Tokenizer`."""
+    return chatml_tokenizer(
+        byte_level_bpe([*texts, CHATML_TEMPLATE_WORDS], CHATML_SPECIALS, vocab_size)
+    )
 
 
 def build_llama3_tokenizer(texts: list[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Llama 3's special tokens, whose eos (`<|end_of_text|>`)
     is not the template's end of turn (`<|eot_id|>`), and which adds bos by default."""
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=LLAMA3_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    core.train_from_iterator([*texts, "system user assistant"], trainer)
+    core = byte_level_bpe([*texts, "system user assistant"], LLAMA3_SPECIALS, vocab_size)
     bos = LLAMA3_SPECIALS[0]
     core.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, core.token_to_id(bos))]
