@@ -122,7 +122,8 @@ def pope_score(
     The yes/no rule is LLaVA's: the words before the first period (commas dropped) containing
     "No", "no" or "not" mean no, anything else yes. Missing answers are listed, never scored.
     """
-    from instructgen.eval.pope import METRICS, plot_pope, read_pope_questions, score_pope
+    from instructgen.eval.plot import plot_pope
+    from instructgen.eval.pope import METRICS, read_pope_questions, score_pope
     from instructgen.eval.records import read_answers
     from instructgen.files import write_json
 

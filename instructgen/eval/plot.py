@@ -1,20 +1,17 @@
-"""scores.png: per category, the judge's mean score of the reference and the candidate."""
+"""The evaluation plots: the judge's scores.png and POPE's bars beside result.json."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from instructgen.eval.pope import METRICS
 from instructgen.files import atomic_writer
 
 
 def plot_scores(summary: dict, path: Path, reference: str, candidate: str) -> None:
     """Grouped bars (reference, candidate) per category and overall, on the judge's 1-10
     scale, with each group's relative score written above it."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     groups = [k for k, v in summary.items() if isinstance(v, dict) and "relative" in v]
     groups = [k for k in groups if k != "all"] + ["all"]
     ref = [summary[g]["reference_mean"] or 0 for g in groups]
@@ -44,6 +41,56 @@ def plot_scores(summary: dict, path: Path, reference: str, candidate: str) -> No
     )
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=2)
     ax.spines[["top", "right"]].set_visible(False)
+    _save_png(fig, path)
+
+
+def plot_pope(result: dict, path: Path) -> None:
+    """Bars of accuracy, precision, recall, F1 and yes ratio per split, with the published
+    LLaVA-1.5-7B F1 as a labelled line."""
+    plt = _pyplot()
+    splits = list(result["splits"])
+    metrics = METRICS
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(1.9 * len(splits) + 2.5, 4.2))
+    for k, metric in enumerate(metrics):
+        xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(splits))]
+        values = [_or_nan(result["splits"][s][metric]) for s in splits]
+        ax.bar(xs, values, width, label=metric.replace("_", " "), color=f"C{k}")
+    for name, value in result.get("published", {}).items():
+        ax.axhline(value / 100, color="0.3", linestyle="--", linewidth=1)
+        ax.text(len(splits) - 0.5, value / 100 + 0.01, name, ha="right", va="bottom", fontsize=8)
+    ax.set_xticks(
+        range(len(splits)),
+        [
+            f"{s}\n(n={result['splits'][s]['n']}, missing {result['splits'][s]['missing']})"
+            for s in splits
+        ],
+    )
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("fraction")
+    ax.set_title("POPE: yes is the positive class", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=5)
+    ax.spines[["top", "right"]].set_visible(False)
+    _save_png(fig, path)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value  # no bar for a split with no answer
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(fig, path: Path) -> None:
+    """Lay `fig` out, write it to `path` atomically as PNG, and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_writer(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)

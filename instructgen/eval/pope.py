@@ -23,7 +23,7 @@ from pathlib import Path
 from instructgen.contracts import ImageContext
 from instructgen.curate.chair import ground_truth
 from instructgen.errors import InputError
-from instructgen.files import atomic_writer, iter_jsonl, write_jsonl
+from instructgen.files import iter_jsonl, write_jsonl
 
 SPLITS = ("random", "popular", "adversarial")
 PER_IMAGE = 3  # yes questions per image, and as many no questions
@@ -270,44 +270,3 @@ def score_pope(questions: list[PopeQuestion], answers: dict[int | str, str]) -> 
     }
     average["splits"] = answered
     return {"splits": splits, "average": average, "missing": missing, "published": dict(PUBLISHED)}
-
-
-def plot_pope(result: dict, path: Path) -> None:
-    """Bars of accuracy, precision, recall, F1 and yes ratio per split, with the published
-    LLaVA-1.5-7B F1 as a labelled line."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    splits = list(result["splits"])
-    metrics = METRICS
-    width = 0.8 / len(metrics)
-    fig, ax = plt.subplots(figsize=(1.9 * len(splits) + 2.5, 4.2))
-    for k, metric in enumerate(metrics):
-        xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(splits))]
-        values = [_or_nan(result["splits"][s][metric]) for s in splits]
-        ax.bar(xs, values, width, label=metric.replace("_", " "), color=f"C{k}")
-    for name, value in result.get("published", {}).items():
-        ax.axhline(value / 100, color="0.3", linestyle="--", linewidth=1)
-        ax.text(len(splits) - 0.5, value / 100 + 0.01, name, ha="right", va="bottom", fontsize=8)
-    ax.set_xticks(
-        range(len(splits)),
-        [
-            f"{s}\n(n={result['splits'][s]['n']}, missing {result['splits'][s]['missing']})"
-            for s in splits
-        ],
-    )
-    ax.set_ylim(0, 1.12)
-    ax.set_ylabel("fraction")
-    ax.set_title("POPE: yes is the positive class", fontsize=10)
-    ax.legend(loc="upper left", fontsize=8, frameon=False, ncols=5)
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    with atomic_writer(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-
-
-def _or_nan(value: float | None) -> float:
-    return float("nan") if value is None else value  # no bar for a split with no answer
